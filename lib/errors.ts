@@ -1,0 +1,36 @@
+/*!
+ * express-background-tasks
+ * MIT Licensed
+ */
+
+import { inspect } from 'node:util';
+
+/**
+ * Reported to `onError` when a task is still running after `timeout` ms.
+ * The task's work is not cancelled; the queue stops waiting for it.
+ * @public
+ */
+export class TimeoutError extends Error {
+  override name = 'TimeoutError' as const;
+}
+
+/**
+ * Thrown by `tasks.add()` when `maxPending` tasks are already queued or running.
+ * @public
+ */
+export class QueueFullError extends Error {
+  override name = 'QueueFullError' as const;
+}
+
+/**
+ * Builds the one message format used for every invalid argument or option:
+ * ``Expected `timeout` to be a positive number, got `soon` (string)``.
+ * @param name - the argument or option, as the user wrote it
+ * @param expectation - what it should have been
+ * @param value - what it was
+ * @private
+ */
+export function invalid(name: string, expectation: string, value: unknown): string {
+  const shown = typeof value === 'string' ? value : inspect(value, { depth: 0, breakLength: Infinity });
+  return `Expected \`${name}\` to be ${expectation}, got \`${shown}\` (${typeof value})`;
+}

@@ -1,0 +1,49 @@
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { resolveOptions, type BackgroundTasksOptions } from './options.js';
+import { ResponseQueue } from './queue.js';
+import { Scheduler } from './scheduler.js';
+
+/**
+ * The middleware returned by `backgroundTasks()`, with the hooks for shutdown and tests.
+ * @public
+ */
+export interface BackgroundTasksMiddleware extends RequestHandler {
+  /**
+   * Resolves once no task of any response is queued or running, counting tasks added while it
+   * waits. Resolves at once when idle. Stop accepting requests first (`server.close()`).
+   */
+  drain(): Promise<void>;
+  /** Tasks queued or running, across all responses served by this middleware. */
+  readonly pending: number;
+}
+
+/**
+ * Creates the middleware that puts a task queue at `res.locals.tasks`; the queued functions run
+ * one after another once the response has been sent.
+ * @param options - see `BackgroundTasksOptions`
+ * @return the middleware, with `drain()` and `pending`
+ * @throws {TypeError} an option of the wrong type
+ * @throws {RangeError} a number option out of range
+ * @example
+ * const tasks = backgroundTasks({ onError: (error, { name }) => log.error(error, name) });
+ * app.use(tasks);
+ * app.post('/items/:id', (req, res) => {
+ *   res.locals.tasks.add(sendConfirmationEmail, req.params.id);
+ *   res.json({ id: req.params.id });
+ * });
+ * @public
+ */
+export function backgroundTasks(options?: BackgroundTasksOptions): BackgroundTasksMiddleware {
+  const scheduler = new Scheduler(resolveOptions(options));
+
+  function backgroundTasksMiddleware(req: Request, res: Response, next: NextFunction): void {
+    // Mounted twice (app and router): keep the first queue, so each task runs once.
+    if (res.locals.tasks === undefined) res.locals.tasks = new ResponseQueue(scheduler, req, res);
+    next();
+  }
+
+  return Object.defineProperties(backgroundTasksMiddleware as BackgroundTasksMiddleware, {
+    drain: { value: () => scheduler.drain() },
+    pending: { get: () => scheduler.pending, enumerable: true },
+  });
+}

@@ -1,0 +1,142 @@
+import type { Request } from 'express';
+import { invalid } from './errors.js';
+
+/**
+ * Options of `backgroundTasks()`. Read once, when the middleware is created, and never mutated.
+ * @public
+ */
+export interface BackgroundTasksOptions {
+  /**
+   * Called with each error a task throws or rejects with (and each `TimeoutError`).
+   * Whatever it throws is caught and written to stderr.
+   * @default writes the task name and the error's stack to stderr
+   * @example
+   * backgroundTasks({ onError: (error, { name, req }) => logger.error({ err: error, task: name, url: req.originalUrl }) })
+   */
+  readonly onError?: ((error: unknown, info: TaskInfo) => void) | undefined;
+  /**
+   * Milliseconds a task that returned a promise may run before it is reported as a `TimeoutError`
+   * and its queue moves on. The task itself is not cancelled. A synchronous task cannot be timed out.
+   * @default Infinity
+   */
+  readonly timeout?: number | undefined;
+  /**
+   * Tasks that may run at once across all responses served by this middleware; the rest wait in
+   * FIFO order. The tasks of one response always run one at a time.
+   * @default Infinity
+   */
+  readonly concurrency?: number | undefined;
+  /**
+   * Tasks that may be queued or running at once. Past it, `tasks.add()` throws `QueueFullError`.
+   * @default Infinity
+   */
+  readonly maxPending?: number | undefined;
+  /**
+   * `'always'` runs a response's tasks whatever its status. `'success'` drops the tasks of a
+   * response whose status is 400 or more (each drop is traced with `debug`).
+   * @default 'always'
+   */
+  readonly runOn?: 'always' | 'success' | undefined;
+}
+
+/**
+ * What `onError` learns about the task that failed.
+ * @public
+ */
+export interface TaskInfo {
+  /** The task function's `name`, or `'anonymous'`. */
+  readonly name: string;
+  /** The request whose response queued the task. */
+  readonly req: Request;
+}
+
+/**
+ * Options resolved to their defaults and validated.
+ * @private
+ */
+export interface Settings {
+  readonly onError: (error: unknown, info: TaskInfo) => void;
+  readonly timeout: number;
+  readonly concurrency: number;
+  readonly maxPending: number;
+  readonly dropOnFailure: boolean;
+}
+
+/**
+ * Validates `options` and fills in the defaults.
+ * @throws {TypeError} an option of the wrong type
+ * @throws {RangeError} a number option out of range
+ * @private
+ */
+export function resolveOptions(options: BackgroundTasksOptions | undefined): Settings {
+  if (options === undefined) options = {};
+  if (options === null || typeof options !== 'object') {
+    throw new TypeError(invalid('options', 'an object', options));
+  }
+
+  const { onError = reportToStderr, timeout = Infinity, concurrency = Infinity, maxPending = Infinity, runOn = 'always' } = options;
+  if (typeof onError !== 'function') {
+    throw new TypeError(invalid('onError', 'a function', onError));
+  }
+  if (runOn !== 'always' && runOn !== 'success') {
+    throw new TypeError(invalid('runOn', "'always' or 'success'", runOn));
+  }
+  return {
+    onError,
+    timeout: checkTimeout(timeout),
+    concurrency: checkCount('concurrency', concurrency),
+    maxPending: checkCount('maxPending', maxPending),
+    dropOnFailure: runOn === 'success',
+  };
+}
+
+/** setTimeout() treats any longer delay as 1 ms. */
+const MAX_TIMEOUT = 2 ** 31 - 1;
+
+/**
+ * @param value - the `timeout` option
+ * @return the timeout in ms, `Infinity` for none
+ * @private
+ */
+function checkTimeout(value: unknown): number {
+  if (typeof value !== 'number') {
+    throw new TypeError(invalid('timeout', 'a number of milliseconds', value));
+  }
+  if (value !== Infinity && !(value > 0 && value <= MAX_TIMEOUT)) {
+    throw new RangeError(invalid('timeout', `a number of milliseconds from 1 to ${MAX_TIMEOUT}, or Infinity`, value));
+  }
+  return value;
+}
+
+/**
+ * @param name - `concurrency` or `maxPending`
+ * @param value - the option's value
+ * @return a positive integer or `Infinity`
+ * @private
+ */
+function checkCount(name: string, value: unknown): number {
+  if (typeof value !== 'number') {
+    throw new TypeError(invalid(name, 'a positive integer or Infinity', value));
+  }
+  if (value !== Infinity && !(Number.isInteger(value) && value >= 1)) {
+    throw new RangeError(invalid(name, 'a positive integer or Infinity', value));
+  }
+  return value;
+}
+
+/**
+ * The default `onError`: the task name and the error's stack on stderr.
+ * @private
+ */
+function reportToStderr(error: unknown, info: TaskInfo): void {
+  process.stderr.write(`express-background-tasks: task ${info.name} failed: ${describeError(error)}\n`);
+}
+
+/**
+ * @return the error's stack, or the thrown value as text when it is not an Error
+ * @private
+ */
+export function describeError(error: unknown): string {
+  if (error instanceof Error && error.stack !== undefined) return error.stack;
+  return String(error);
+}

@@ -1,0 +1,142 @@
+import type { Request, Response } from 'express';
+import onFinished from 'on-finished';
+import { invalid } from './errors.js';
+import type { Runnable, Scheduler } from './scheduler.js';
+import { debug, runTask, Task, taskName } from './task.js';
+
+/**
+ * The queue at `res.locals.tasks`: functions to call after this response has been sent.
+ * @public
+ */
+export interface TaskQueue {
+  /**
+   * Queues `fn(...args)` to run after the response has been flushed, after the tasks queued before it.
+   * The arguments are type-checked against `fn`.
+   * @param fn - a function, sync or async
+   * @param args - the arguments to call it with
+   * @return this queue, for chaining
+   * @throws {TypeError} when `fn` is not a function
+   * @throws {QueueFullError} when `maxPending` tasks are already pending
+   * @example
+   * res.locals.tasks.add(sendConfirmationEmail, req.params.id);
+   */
+  add<A extends unknown[]>(fn: (...args: A) => unknown, ...args: A): this;
+  /** Tasks of this response that have not started yet. */
+  readonly size: number;
+}
+
+/**
+ * Where a response's queue stands:
+ * `open` (nothing queued yet) → `awaiting-flush` → `idle` ⇄ `active` (starting, waiting for a slot,
+ * or running), or → `dropped` when `runOn: 'success'` refuses a failed response.
+ */
+type Phase = 'open' | 'awaiting-flush' | 'idle' | 'active' | 'dropped';
+
+/**
+ * The tasks of one response, run one after another once the response has been flushed.
+ * @private
+ */
+export class ResponseQueue implements TaskQueue, Runnable {
+  nextWaiting: Runnable | undefined = undefined;
+  readonly #scheduler: Scheduler;
+  readonly #req: Request;
+  readonly #res: Response;
+  #phase: Phase = 'open';
+  #head: Task | undefined = undefined;
+  #tail: Task | undefined = undefined;
+  #size = 0;
+  #onSettled: (() => void) | undefined = undefined;
+
+  constructor(scheduler: Scheduler, req: Request, res: Response) {
+    this.#scheduler = scheduler;
+    this.#req = req;
+    this.#res = res;
+  }
+
+  get size(): number {
+    return this.#size;
+  }
+
+  add<A extends unknown[]>(fn: (...args: A) => unknown, ...args: A): this {
+    if (typeof fn !== 'function') {
+      throw new TypeError(invalid('fn', 'a function', fn));
+    }
+    if (this.#phase === 'dropped') {
+      debug('dropped %s: response status %d', taskName(fn), this.#res.statusCode);
+      return this;
+    }
+    this.#scheduler.admit(taskName(fn));
+    const task = new Task(fn as (...args: never[]) => unknown, args);
+    if (this.#tail === undefined) this.#head = task;
+    else this.#tail.next = task;
+    this.#tail = task;
+    this.#size++;
+    if (debug.enabled) debug('queued %s', taskName(fn));
+
+    if (this.#phase === 'open') {
+      this.#phase = 'awaiting-flush';
+      whenFlushed(this.#res, () => this.#flushed());
+    } else if (this.#phase === 'idle') {
+      // Never run a task inside the add() call that queued it.
+      this.#phase = 'active';
+      setImmediate(() => this.#scheduler.requestSlot(this));
+    }
+    return this;
+  }
+
+  /**
+   * Runs queued tasks while they settle synchronously; stops at the first one that returns a
+   * promise, and gives up its slot when the queue is empty.
+   */
+  run(): void {
+    const { settings } = this.#scheduler;
+    for (let task = this.#head; task !== undefined; task = this.#head) {
+      this.#head = task.next;
+      if (this.#head === undefined) this.#tail = undefined;
+      this.#size--;
+      this.#onSettled ??= () => this.#settledAsync();
+      if (!runTask(task, this.#req, settings, this.#onSettled)) return;
+      this.#scheduler.settle(1);
+    }
+    this.#phase = 'idle';
+    this.#scheduler.releaseSlot();
+  }
+
+  /**
+   * After an async task: give the slot back and, if more tasks are queued, queue up for it again,
+   * so that with a `concurrency` limit the responses waiting take turns.
+   */
+  #settledAsync(): void {
+    this.#scheduler.settle(1);
+    this.#scheduler.releaseSlot();
+    if (this.#head === undefined) this.#phase = 'idle';
+    else this.#scheduler.requestSlot(this);
+  }
+
+  /** The response has been flushed, or its connection closed. Runs inside on-finished: must not throw. */
+  #flushed(): void {
+    if (this.#scheduler.settings.dropOnFailure && this.#res.statusCode >= 400) {
+      debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
+      this.#scheduler.settle(this.#size);
+      this.#head = this.#tail = undefined;
+      this.#size = 0;
+      this.#phase = 'dropped';
+      return;
+    }
+    this.#phase = 'active';
+    this.#scheduler.requestSlot(this);
+  }
+}
+
+/**
+ * Calls `callback` once every byte of `res` has been handed to the OS, or its connection closed.
+ * on-finished counts a response as finished as soon as `res.end()` was called, so a task queued
+ * after `res.json()` would start while a slow client is still reading; for that case wait for
+ * the response's `close`, which Node emits after `finish` or when the connection drops.
+ * @private
+ */
+function whenFlushed(res: Response, callback: () => void): void {
+  if (!res.writableEnded) onFinished(res, callback);
+  else if (res.writableFinished || res.destroyed) setImmediate(callback);
+  else res.once('close', callback);
+}

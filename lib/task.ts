@@ -1,0 +1,189 @@
+import { AsyncResource } from 'node:async_hooks';
+import diagnostics from 'node:diagnostics_channel';
+import { performance } from 'node:perf_hooks';
+import createDebug from 'debug';
+import type { Request } from 'express';
+import { TimeoutError } from './errors.js';
+import { describeError, type Settings } from './options.js';
+
+/**
+ * The `debug` logger of the whole library: `DEBUG=express-background-tasks`.
+ * @private
+ */
+export const debug = createDebug('express-background-tasks');
+
+/**
+ * What subscribers of the `express-background-tasks:task` tracing channel receive.
+ * @public
+ */
+export interface TaskTraceContext {
+  /** The task function's `name`, or `'anonymous'`. */
+  readonly name: string;
+  /** The request whose response queued the task. */
+  readonly req: Request;
+  /** What the task threw or rejected with (set before the `error` event). */
+  error?: unknown;
+  /** What the task returned or resolved to (set before `end` or `asyncStart`). */
+  result?: unknown;
+}
+
+/**
+ * Tracing channel `express-background-tasks:task` (Node's `diagnostics_channel.tracingChannel`):
+ * `start`/`end` around the call, `asyncStart`/`asyncEnd` when a returned promise settles, `error`
+ * on a throw, a rejection or a timeout.
+ * @private
+ */
+export const taskTracing = diagnostics.tracingChannel<unknown, TaskTraceContext>('express-background-tasks:task');
+
+/**
+ * One queued call: the function, its arguments, and the async context of the `add()` call
+ * (the task is its own `AsyncResource`, so binding the context costs no extra object).
+ * @private
+ */
+export class Task extends AsyncResource {
+  readonly fn: (...args: never[]) => unknown;
+  readonly args: unknown[];
+  /** The task queued after this one in the same response. */
+  next: Task | undefined = undefined;
+
+  constructor(fn: (...args: never[]) => unknown, args: unknown[]) {
+    super('express-background-tasks');
+    this.fn = fn;
+    this.args = args;
+  }
+}
+
+/**
+ * @return the name shown for a task in traces and error reports
+ * @private
+ */
+export function taskName(fn: { name: string }): string {
+  return fn.name || 'anonymous';
+}
+
+/**
+ * Runs `task` in the async context of its `add()` call. A thrown error, a rejection or a timeout
+ * goes to `onError`; nothing escapes.
+ * @param task - the task to run
+ * @param req - the request it belongs to, for `onError` and tracing
+ * @param settings - the middleware's settings
+ * @param settled - called once a task that returned a promise has settled or timed out
+ * @return true when the task settled synchronously (`settled` is then not called)
+ * @private
+ */
+export function runTask(task: Task, req: Request, settings: Settings, settled: () => void): boolean {
+  const context = taskTracing.hasSubscribers ? { name: taskName(task.fn), req } : undefined;
+  const startedAt = debug.enabled ? started(task) : 0;
+  let result: unknown;
+  try {
+    result = context === undefined
+      ? task.runInAsyncScope(task.fn as (...args: unknown[]) => unknown, undefined, ...task.args)
+      : task.runInAsyncScope(traceCall, undefined, task, context);
+    if (!isThenable(result)) {
+      if (startedAt !== 0) debug('finished %s in %sms', taskName(task.fn), elapsed(startedAt));
+      return true;
+    }
+  } catch (error) {
+    report(error, taskName(task.fn), req, settings);
+    return true;
+  }
+  awaitTask(task, result, req, settings, context, startedAt, settled);
+  return false;
+}
+
+/**
+ * Waits for a task's promise, or for `timeout`, whichever comes first.
+ * @private
+ */
+function awaitTask(
+  task: Task,
+  promise: PromiseLike<unknown>,
+  req: Request,
+  settings: Settings,
+  context: TaskTraceContext | undefined,
+  startedAt: number,
+  settled: () => void,
+): void {
+  let timer: NodeJS.Timeout | undefined;
+  let done = false;
+  const finish = (failed: boolean, outcome: unknown): void => {
+    if (done) {
+      debug('%s settled after its timeout', taskName(task.fn));
+      return;
+    }
+    done = true;
+    if (timer !== undefined) clearTimeout(timer);
+    if (context !== undefined) {
+      if (failed) {
+        context.error = outcome;
+        taskTracing.error.publish(context);
+      } else {
+        context.result = outcome;
+      }
+      taskTracing.asyncStart.publish(context);
+      taskTracing.asyncEnd.publish(context);
+    }
+    if (failed) report(outcome, taskName(task.fn), req, settings);
+    else if (startedAt !== 0) debug('finished %s in %sms', taskName(task.fn), elapsed(startedAt));
+    settled();
+  };
+  Promise.resolve(promise).then(
+    (value) => finish(false, value),
+    (error: unknown) => finish(true, error),
+  );
+  if (settings.timeout !== Infinity) {
+    timer = setTimeout(() => {
+      finish(true, new TimeoutError(`Task ${taskName(task.fn)} did not settle within ${settings.timeout} ms`));
+    }, settings.timeout);
+  }
+}
+
+/**
+ * Calls the task through the tracing channel, so `bindStore` subscribers see their store.
+ * @private
+ */
+function traceCall(task: Task, context: TaskTraceContext): unknown {
+  return taskTracing.traceSync(task.fn as (...args: unknown[]) => unknown, context, undefined, ...task.args);
+}
+
+/**
+ * Hands a task's error to `onError`; an `onError` that throws is reported on stderr.
+ * @private
+ */
+function report(error: unknown, name: string, req: Request, settings: Settings): void {
+  debug('failed %s: %s', name, error);
+  try {
+    settings.onError(error, { name, req });
+  } catch (onErrorFailure) {
+    process.stderr.write(
+      `express-background-tasks: onError threw while reporting task ${name}: ${describeError(onErrorFailure)}\n`,
+    );
+  }
+}
+
+/**
+ * @return whether `value` has a callable `then`, as `await` would treat it
+ * @private
+ */
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (typeof value === 'object' || typeof value === 'function') && value !== null &&
+    typeof (value as { then?: unknown }).then === 'function';
+}
+
+/**
+ * Traces a task's start.
+ * @return the start time for its duration
+ * @private
+ */
+function started(task: Task): number {
+  debug('started %s', taskName(task.fn));
+  return performance.now();
+}
+
+/**
+ * @return ms since `startedAt`, to one decimal
+ * @private
+ */
+function elapsed(startedAt: number): string {
+  return (performance.now() - startedAt).toFixed(1);
+}
