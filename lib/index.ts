@@ -13,7 +13,6 @@ export type { TaskTraceContext } from './task.js';
 export { QueueFullError, TimeoutError } from './errors.js';
 
 declare global {
-  // eslint-disable-next-line @typescript-eslint/no-namespace -- the only way to augment Express's global types
   namespace Express {
     interface Locals {
       /** This response's background tasks, put here by `backgroundTasks()`. */

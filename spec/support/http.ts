@@ -1,0 +1,100 @@
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import net from 'node:net';
+import type { Server } from 'node:http';
+import express, { type Express } from 'express';
+import express4 from 'express4';
+
+/** Each HTTP spec runs against both supported majors. */
+export const expressVersions: readonly (readonly [label: string, create: () => Express])[] = [
+  ['express 5', () => express()],
+  ['express 4', () => express4()],
+];
+
+/** A running app on 127.0.0.1 and an ephemeral port. */
+export interface Running {
+  readonly server: Server;
+  readonly port: number;
+  readonly url: string;
+  /** Closes the server and every connection still open. */
+  close(): Promise<void>;
+}
+
+/** Starts `app` on 127.0.0.1, port 0. */
+export async function listen(app: Express): Promise<Running> {
+  const server = app.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  return {
+    server,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    async close() {
+      server.closeAllConnections();
+      server.close();
+      await once(server, 'close');
+    },
+  };
+}
+
+/** A promise with its resolve function outside, to await an event a handler or task signals. */
+export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+/** Resolves after `ms`: only for waiting out a period in which something must NOT happen. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Opens a raw TCP connection to the app and sends a GET request without reading anything yet. */
+export async function rawRequest(port: number, path: string, extraHeaders = ''): Promise<net.Socket> {
+  const socket = net.connect(port, '127.0.0.1');
+  await once(socket, 'connect');
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n${extraHeaders}\r\n`);
+  return socket;
+}
+
+/** Sends a request and resets the connection at once, before any response byte is read. */
+export async function abortedRequest(port: number, path: string): Promise<void> {
+  const socket = await rawRequest(port, path);
+  socket.resetAndDestroy();
+  await once(socket, 'close');
+}
+
+/** Records every unhandled rejection and uncaught exception while a spec runs. */
+export function watchProcessFaults(): { faults: unknown[]; stop(): void } {
+  const faults: unknown[] = [];
+  const record = (fault: unknown): void => {
+    faults.push(fault);
+  };
+  process.on('unhandledRejection', record);
+  process.on('uncaughtException', record);
+  return {
+    faults,
+    stop() {
+      process.off('unhandledRejection', record);
+      process.off('uncaughtException', record);
+    },
+  };
+}
+
+/** Captures what is written to stderr while `run` runs; stderr is restored afterwards. */
+export async function captureStderr(run: () => Promise<void>): Promise<string> {
+  const chunks: string[] = [];
+  const write = process.stderr.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    chunks.push(String(chunk));
+    return true;
+  }) as typeof process.stderr.write;
+  try {
+    await run();
+  } finally {
+    process.stderr.write = write;
+  }
+  return chunks.join('');
+}
