@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
-import type { Server } from 'node:http';
+import { type Agent, type Server, request } from 'node:http';
 import express, { type Express } from 'express';
 import express4 from 'express4';
 
@@ -97,4 +97,16 @@ export async function captureStderr(run: () => Promise<void>): Promise<string> {
     process.stderr.write = write;
   }
   return chunks.join('');
+}
+
+/** GETs `url` over `agent` (keep-alive connections); resolves with the body. */
+export function get(url: string, agent: Agent): Promise<string> {
+  return new Promise((resolve, reject) => {
+    request(url, { agent }, (response) => {
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (body += chunk));
+      response.on('end', () => resolve(body));
+    }).on('error', reject).end();
+  });
 }

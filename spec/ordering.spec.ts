@@ -1,0 +1,183 @@
+import assert from 'node:assert/strict';
+import { Agent } from 'node:http';
+import { describe, it } from 'node:test';
+import type { Request } from 'express';
+import { Router } from 'express';
+import { backgroundTasks } from '../lib/index.js';
+import { delay, deferred, expressVersions, get, listen } from './support/http.js';
+
+for (const [label, createApp] of expressVersions) {
+  describe(`${label}: ordering`, () => {
+    it('runs sync and async tasks strictly in order, one at a time', async () => {
+      const tasks = backgroundTasks();
+      const log: string[] = [];
+      const step = (name: string, ms: number) => async (): Promise<void> => {
+        log.push(`start ${name}`);
+        await delay(ms);
+        log.push(`end ${name}`);
+      };
+      const syncStep = (name: string) => (): void => {
+        log.push(`start ${name}`, `end ${name}`);
+      };
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(step('a', 30)).add(syncStep('b')).add(step('c', 1)).add(syncStep('d')).add(step('e', 10));
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        await (await fetch(server.url)).text();
+        await tasks.drain();
+        assert.deepEqual(log, ['a', 'b', 'c', 'd', 'e'].flatMap((name) => [`start ${name}`, `end ${name}`]));
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('runs consecutive sync tasks without a promise tick between them', async () => {
+      const tasks = backgroundTasks();
+      const seen: boolean[] = [];
+      let microtaskRan = false;
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks
+          .add(() => {
+            queueMicrotask(() => {
+              microtaskRan = true;
+            });
+            return { then: 'not a function' };
+          })
+          .add(() => seen.push(microtaskRan))
+          .add(() => seen.push(microtaskRan));
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        await (await fetch(server.url)).text();
+        await tasks.drain();
+        assert.deepEqual(seen, [false, false]);
+        assert.equal(microtaskRan, true);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('waits for a returned thenable that is not a native promise', async () => {
+      const tasks = backgroundTasks();
+      const log: string[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks
+          .add(() => ({
+            then(resolve: () => void) {
+              setTimeout(() => {
+                log.push('thenable settled');
+                resolve();
+              }, 20);
+            },
+          }))
+          .add(() => log.push('next'));
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        await (await fetch(server.url)).text();
+        await tasks.drain();
+        assert.deepEqual(log, ['thenable settled', 'next']);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('keeps each response\'s tasks to that response under 50 concurrent requests', async () => {
+      const tasks = backgroundTasks();
+      const ran = new Map<string, number[]>();
+      const record = async (id: string, position: number, req: Request): Promise<void> => {
+        assert.equal(req.params.id, id);
+        await delay(Math.random() * 5);
+        ran.set(id, [...(ran.get(id) ?? []), position]);
+      };
+      const app = createApp();
+      app.use(tasks);
+      app.get('/r/:id', (req, res) => {
+        const id = req.params.id as string;
+        res.locals.tasks.add(record, id, 0, req).add(record, id, 1, req).add(record, id, 2, req);
+        setTimeout(() => res.send(id), Math.random() * 5);
+      });
+      const server = await listen(app);
+      const agent = new Agent({ keepAlive: true, maxSockets: 50 });
+      try {
+        const ids = Array.from({ length: 50 }, (_, i) => String(i));
+        const bodies = await Promise.all(ids.map((id) => get(`${server.url}/r/${id}`, agent)));
+        assert.deepEqual(bodies, ids);
+        await tasks.drain();
+        assert.equal(ran.size, 50);
+        for (const id of ids) assert.deepEqual(ran.get(id), [0, 1, 2], `tasks of request ${id}`);
+      } finally {
+        agent.destroy();
+        await server.close();
+      }
+    });
+
+    it('runs each task once when the middleware is mounted on the app and on a router', async () => {
+      const tasks = backgroundTasks();
+      const other = backgroundTasks();
+      let runs = 0;
+      const app = createApp();
+      const router = Router();
+      app.use(tasks);
+      router.use(tasks, other);
+      router.get('/', (_req, res) => {
+        res.locals.tasks.add(() => runs++);
+        res.send('ok');
+      });
+      app.use('/router', router);
+      const server = await listen(app);
+      try {
+        await (await fetch(`${server.url}/router`)).text();
+        await tasks.drain();
+        assert.equal(runs, 1);
+        assert.equal(other.pending, 0, 'the first middleware mounted owns the queue');
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('runs the tasks of different responses independently of each other', async () => {
+      const tasks = backgroundTasks();
+      const slowStarted = deferred();
+      const release = deferred();
+      const log: string[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/slow', (_req, res) => {
+        res.locals.tasks.add(async () => {
+          slowStarted.resolve();
+          await release.promise;
+          log.push('slow');
+        });
+        res.send('ok');
+      });
+      app.get('/fast', (_req, res) => {
+        res.locals.tasks.add(() => {
+          log.push('fast');
+          release.resolve();
+        });
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        await (await fetch(`${server.url}/slow`)).text();
+        await slowStarted.promise;
+        await (await fetch(`${server.url}/fast`)).text();
+        await tasks.drain();
+        assert.deepEqual(log, ['fast', 'slow']);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+}
