@@ -1,0 +1,145 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import type { ErrorRequestHandler } from 'express';
+import { backgroundTasks, type TaskInfo } from '../lib/index.js';
+import { captureStderr, expressVersions, listen, watchProcessFaults } from './support/http.js';
+
+for (const [label, createApp] of expressVersions) {
+  describe(`${label}: a failing task`, () => {
+    let watch: ReturnType<typeof watchProcessFaults>;
+    beforeEach(() => {
+      watch = watchProcessFaults();
+    });
+    afterEach(() => {
+      watch.stop();
+      assert.deepEqual(watch.faults, [], 'no unhandled rejection or uncaught exception');
+    });
+
+    it('reports a sync throw and an async rejection to onError, and runs the tasks behind them', async () => {
+      const reported: { error: unknown; name: string; url: string }[] = [];
+      const onError = (error: unknown, { name, req }: TaskInfo): void => {
+        reported.push({ error, name, url: req.originalUrl });
+      };
+      const tasks = backgroundTasks({ onError });
+      const ran: string[] = [];
+      const thrown = new Error('sync failure');
+      const rejected = new Error('async failure');
+      const app = createApp();
+      app.use(tasks);
+      app.get('/fail', (_req, res) => {
+        res.locals.tasks
+          .add(function throwsNow() {
+            throw thrown;
+          })
+          .add(() => ran.push('after the throw'))
+          .add(async function rejectsLater() {
+            throw rejected;
+          })
+          .add(() => ran.push('after the rejection'))
+          .add(() => Promise.reject('a plain string'));
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        await (await fetch(`${server.url}/fail?x=1`)).text();
+        await tasks.drain();
+        assert.deepEqual(ran, ['after the throw', 'after the rejection']);
+        assert.deepEqual(reported, [
+          { error: thrown, name: 'throwsNow', url: '/fail?x=1' },
+          { error: rejected, name: 'rejectsLater', url: '/fail?x=1' },
+          { error: 'a plain string', name: 'anonymous', url: '/fail?x=1' },
+        ]);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('writes the task name and the stack to stderr by default, and the server keeps serving', async () => {
+      const tasks = backgroundTasks();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(async function sendInvoice() {
+          throw new Error('smtp down');
+        });
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        const stderr = await captureStderr(async () => {
+          await (await fetch(server.url)).text();
+          await tasks.drain();
+        });
+        assert.match(stderr, /task sendInvoice failed: Error: smtp down\n\s+at sendInvoice/);
+        const again = await fetch(server.url);
+        assert.equal(again.status, 200);
+        await again.text();
+        await tasks.drain();
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('contains an onError that throws, reports it on stderr, and runs the next task', async () => {
+      const tasks = backgroundTasks({
+        onError() {
+          throw new Error('the logger is broken');
+        },
+      });
+      const ran: string[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks
+          .add(function failing() {
+            throw new Error('task failure');
+          })
+          .add(async function failingLater() {
+            throw new Error('async task failure');
+          })
+          .add(() => ran.push('next'));
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        const stderr = await captureStderr(async () => {
+          await (await fetch(server.url)).text();
+          await tasks.drain();
+        });
+        assert.deepEqual(ran, ['next']);
+        assert.match(stderr, /onError threw while reporting task failing: Error: the logger is broken/);
+        assert.match(stderr, /onError threw while reporting task failingLater: Error: the logger is broken/);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('still runs the tasks of a response that ended in an error (next(err))', async () => {
+      const reportedByExpress: unknown[] = [];
+      const tasks = backgroundTasks();
+      const ran: string[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res, next) => {
+        res.locals.tasks.add(() => ran.push('audit log'));
+        next(new Error('handler failed'));
+      });
+      const handleError: ErrorRequestHandler = (error, _req, res, _next) => {
+        reportedByExpress.push(error);
+        res.status(500).send('failed');
+      };
+      app.use(handleError);
+      const server = await listen(app);
+      try {
+        const response = await fetch(server.url);
+        assert.equal(response.status, 500);
+        await response.text();
+        await tasks.drain();
+        assert.deepEqual(ran, ['audit log']);
+        assert.equal(reportedByExpress.length, 1);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+}

@@ -1,0 +1,222 @@
+import assert from 'node:assert/strict';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { describe, it } from 'node:test';
+import { backgroundTasks } from '../lib/index.js';
+import { abortedRequest, deferred, delay, expressVersions, listen } from './support/http.js';
+
+for (const [label, createApp] of expressVersions) {
+  describe(`${label}: nothing queued is lost`, () => {
+    it('runs tasks added after the response finished, and tasks added by a running task', async () => {
+      const tasks = backgroundTasks();
+      const log: string[] = [];
+      const lateAdded = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        const queue = res.locals.tasks;
+        queue.add(() => {
+          log.push('first');
+          queue.add(() => log.push('added by first'));
+        });
+        res.send('ok');
+        res.on('finish', () => {
+          setTimeout(() => {
+            queue.add(() => log.push('added after finish'));
+            lateAdded.resolve();
+          }, 20);
+        });
+      });
+      const server = await listen(app);
+      try {
+        await (await fetch(server.url)).text();
+        await lateAdded.promise;
+        await tasks.drain();
+        assert.deepEqual(log, ['first', 'added by first', 'added after finish']);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('runs the tasks of a handler whose client disconnected before the response', async () => {
+      const tasks = backgroundTasks();
+      const ran: string[] = [];
+      const handlerDone = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/slow', (_req, res) => {
+        res.locals.tasks.add(() => ran.push('queued before the disconnect'));
+        res.on('close', () => {
+          res.locals.tasks.add(() => ran.push('queued after the disconnect'));
+          handlerDone.resolve();
+        });
+      });
+      const server = await listen(app);
+      try {
+        await abortedRequest(server.port, '/slow');
+        await handlerDone.promise;
+        await tasks.drain();
+        assert.deepEqual(ran, ['queued before the disconnect', 'queued after the disconnect']);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+
+  describe(`${label}: drain() and pending`, () => {
+    it('counts queued and running tasks, and drain() waits for tasks added while draining', async () => {
+      const tasks = backgroundTasks();
+      const release = deferred();
+      const log: string[] = [];
+      const responded = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(async () => {
+          await release.promise;
+          log.push('first');
+          res.locals.tasks.add(async () => {
+            await delay(10);
+            log.push('added while draining');
+          });
+        }).add(() => log.push('second'));
+        assert.equal(res.locals.tasks.size, 2);
+        assert.equal(tasks.pending, 2);
+        res.on('finish', () => responded.resolve());
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        assert.equal(tasks.pending, 0);
+        await tasks.drain();
+        await (await fetch(server.url)).text();
+        await responded.promise;
+        const drains = [tasks.drain(), tasks.drain()];
+        let drained = false;
+        void drains[0]?.then(() => (drained = true));
+        await delay(20);
+        assert.equal(drained, false, 'drain() resolved while a task was still running');
+        assert.equal(tasks.pending, 2);
+        release.resolve();
+        await Promise.all(drains);
+        assert.deepEqual(log, ['first', 'second', 'added while draining']);
+        assert.equal(tasks.pending, 0);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+
+  describe(`${label}: runOn`, () => {
+    it("with runOn: 'success', drops the queue of a response with status >= 400, including later adds", async () => {
+      const tasks = backgroundTasks({ runOn: 'success' });
+      const ran: string[] = [];
+      const lateAdded = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/:status', (req, res) => {
+        const status = Number(req.params.status);
+        res.locals.tasks.add(() => ran.push(`task of ${status}`));
+        res.status(status).send('done');
+        res.on('close', () => {
+          setImmediate(() => {
+            res.locals.tasks.add(() => ran.push(`late task of ${status}`));
+            lateAdded.resolve();
+          });
+        });
+      });
+      const server = await listen(app);
+      try {
+        for (const status of [500, 404, 201]) {
+          await (await fetch(`${server.url}/${status}`)).text();
+        }
+        await lateAdded.promise;
+        await tasks.drain();
+        assert.deepEqual(ran.sort(), ['late task of 201', 'task of 201']);
+        assert.equal(tasks.pending, 0);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it("by default (runOn: 'always') runs the tasks of a 500 response", async () => {
+      const tasks = backgroundTasks();
+      let ran = false;
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(() => (ran = true));
+        res.sendStatus(500);
+      });
+      const server = await listen(app);
+      try {
+        await (await fetch(server.url)).text();
+        await tasks.drain();
+        assert.equal(ran, true);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+
+  describe(`${label}: request context`, () => {
+    it('runs each task in the AsyncLocalStorage context of its add() call', async () => {
+      const requestContext = new AsyncLocalStorage<string>();
+      const tasks = backgroundTasks();
+      const seen: [string, string | undefined][] = [];
+      const bothArrived = deferred();
+      let arrived = 0;
+      const app = createApp();
+      app.use((req, _res, next) => requestContext.run(req.path, next));
+      app.use(tasks);
+      app.get('/:user', async (req, res) => {
+        if (++arrived === 2) bothArrived.resolve();
+        await bothArrived.promise;
+        const report = (expected: string): void => {
+          seen.push([expected, requestContext.getStore()]);
+        };
+        res.locals.tasks.add(report, req.path).add(async (expected: string) => {
+          await delay(5);
+          report(expected);
+        }, req.path);
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        await Promise.all(['/alice', '/bob'].map(async (path) => (await fetch(server.url + path)).text()));
+        await tasks.drain();
+        assert.equal(seen.length, 4);
+        for (const [expected, store] of seen) assert.equal(store, expected);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+}
+
+describe('a response that queues nothing', () => {
+  it('gets a queue but no listener on the response', async () => {
+    const [, createApp] = expressVersions[0] ?? [];
+    assert.ok(createApp);
+    const tasks = backgroundTasks();
+    const listenerCounts = deferred<[number, number]>();
+    const app = createApp();
+    app.get('/', (req, res, next) => {
+      const before = res.listenerCount('finish') + res.listenerCount('close');
+      tasks(req, res, () => {
+        assert.equal(res.locals.tasks.size, 0);
+        listenerCounts.resolve([before, res.listenerCount('finish') + res.listenerCount('close')]);
+        next();
+      });
+    }, (_req, res) => {
+      res.send('ok');
+    });
+    const server = await listen(app);
+    try {
+      await (await fetch(server.url)).text();
+      const [before, after] = await listenerCounts.promise;
+      assert.equal(after, before);
+    } finally {
+      await server.close();
+    }
+  });
+});

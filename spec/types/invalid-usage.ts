@@ -1,0 +1,48 @@
+// Type test: each line after a `@ts-expect-error` must fail to compile. tsc reports a directive
+// that no longer suppresses an error, so none of these can silently start compiling.
+// spec/packaging.spec.ts also compiles this file with the directives removed, and expects an
+// error on exactly these lines: the harness is proven able to fail.
+import express from 'express';
+import { backgroundTasks } from '../../lib/index.js';
+
+function sendConfirmationEmail(id: number): void {
+  console.log(id);
+}
+
+export const tasks = backgroundTasks();
+export const app = express();
+app.use(tasks);
+
+app.post('/items/:id', (_req, res) => {
+  const queue = res.locals.tasks;
+  // @ts-expect-error -- a string where the task takes a number
+  queue.add((id: number) => console.log(id), 'x');
+  // @ts-expect-error -- a string where the named task takes a number
+  queue.add(sendConfirmationEmail, 'x');
+  // @ts-expect-error -- the task's argument is missing
+  queue.add(sendConfirmationEmail);
+  // @ts-expect-error -- one argument more than the task takes
+  queue.add(sendConfirmationEmail, 1, 2);
+  // @ts-expect-error -- an argument for a task that takes none
+  queue.add(() => console.log('done'), 1);
+  // @ts-expect-error -- not a function
+  queue.add(123);
+  // @ts-expect-error -- `size` is read-only
+  queue.size = 0;
+  res.end();
+});
+
+// @ts-expect-error -- `timeout` is a number of milliseconds
+backgroundTasks({ timeout: 'soon' });
+// @ts-expect-error -- `runOn` is 'always' or 'success'
+backgroundTasks({ runOn: 'never' });
+// @ts-expect-error -- `concurrency` is a number
+backgroundTasks({ concurrency: '4' });
+// @ts-expect-error -- `onError` is a function
+backgroundTasks({ onError: 'log' });
+// @ts-expect-error -- no such option
+backgroundTasks({ retries: 3 });
+// @ts-expect-error -- `pending` is read-only
+tasks.pending = 0;
+// @ts-expect-error -- `drain()` takes no callback, it returns a promise
+tasks.drain(() => console.log('drained'));

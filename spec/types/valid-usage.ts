@@ -1,0 +1,88 @@
+// Type test: what a user's strict project writes must compile as is, without a cast.
+// Here it imports ../../lib/index.js, so `npm run typecheck` checks it against the source;
+// spec/packaging.spec.ts copies it into a consumer project where it imports the package by name.
+import type { Server } from 'node:http';
+import express, { type Request, type Response } from 'express';
+import backgroundTasks, {
+  backgroundTasks as namedBackgroundTasks,
+  QueueFullError,
+  TimeoutError,
+  type BackgroundTasksMiddleware,
+  type BackgroundTasksOptions,
+  type TaskInfo,
+  type TaskQueue,
+} from '../../lib/index.js';
+
+async function sendConfirmationEmail(id: number): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, id));
+}
+
+function recordAnalytics(event: string, details: { id: number; path: string }): void {
+  console.log(event, details.id, details.path);
+}
+
+function refreshCache(): void {
+  console.log('cache refreshed');
+}
+
+function reportTaskFailure(error: unknown, info: TaskInfo): void {
+  const kind = error instanceof TimeoutError ? 'timed out' : 'failed';
+  console.error(`task ${info.name} ${kind} (${info.req.method} ${info.req.originalUrl})`, error);
+}
+
+const options: BackgroundTasksOptions = {
+  onError: reportTaskFailure,
+  timeout: 5_000,
+  concurrency: 4,
+  maxPending: 10_000,
+  runOn: 'success',
+};
+
+export const tasks: BackgroundTasksMiddleware = backgroundTasks(options);
+export const sameFactory: typeof backgroundTasks = namedBackgroundTasks;
+export const withDefaults = backgroundTasks();
+export const inlineOptions = backgroundTasks({
+  runOn: 'always',
+  onError: (error, { name, req }) => console.error(name, req.path, error),
+});
+
+export const app = express();
+app.use(tasks);
+
+app.post('/items/:id', (req, res) => {
+  const id = Number(req.params.id);
+  res.locals.tasks.add((itemId: number) => console.log(itemId), 42);
+  res.locals.tasks
+    .add(sendConfirmationEmail, id)
+    .add(recordAnalytics, 'item created', { id, path: req.path })
+    .add(refreshCache)
+    .add(async () => {
+      await sendConfirmationEmail(id);
+    })
+    .add((to: string, subject: string, retries?: number) => console.log(to, subject, retries), 'a@example.com', 'Hi');
+  const queued: number = res.locals.tasks.size;
+  res.status(201).json({ id, queued });
+});
+
+/** A handler declared apart from the app sees the same `res.locals.tasks`. */
+export function createItem(req: Request<{ id: string }>, res: Response): void {
+  const queue: TaskQueue = res.locals.tasks;
+  try {
+    queue.add(sendConfirmationEmail, Number(req.params.id));
+  } catch (error) {
+    if (error instanceof QueueFullError) {
+      res.status(503).end();
+      return;
+    }
+    throw error;
+  }
+  res.status(201).end();
+}
+
+/** Graceful shutdown: stop accepting requests, then wait for the queued tasks. */
+export async function shutdown(server: Server): Promise<number> {
+  server.close();
+  const before: number = tasks.pending;
+  await tasks.drain();
+  return before;
+}
