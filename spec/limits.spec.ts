@@ -1,0 +1,132 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { backgroundTasks, QueueFullError, TimeoutError, type TaskInfo } from '../lib/index.js';
+import { deferred, delay, expressVersions, listen } from './support/http.js';
+
+for (const [label, createApp] of expressVersions) {
+  describe(`${label}: timeout`, () => {
+    it('reports a task still running after `timeout` as a TimeoutError and moves on', async () => {
+      const reported: [unknown, string][] = [];
+      const tasks = backgroundTasks({ timeout: 50, onError: (error, info: TaskInfo) => reported.push([error, info.name]) });
+      const ran: string[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks
+          .add(function hangsForever() {
+            return new Promise(() => {});
+          })
+          .add(async function quick() {
+            ran.push('quick');
+          })
+          .add(() => ran.push('after'));
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        await (await fetch(server.url)).text();
+        await tasks.drain();
+        assert.deepEqual(ran, ['quick', 'after']);
+        assert.equal(reported.length, 1);
+        const [error, name] = reported[0] ?? [];
+        assert.equal(name, 'hangsForever');
+        assert.ok(error instanceof TimeoutError);
+        assert.equal(error.name, 'TimeoutError');
+        assert.match(error.message, /hangsForever.*50 ms/);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+
+  describe(`${label}: concurrency`, () => {
+    it('runs at most `concurrency` tasks at once across responses, each response in order', async () => {
+      const tasks = backgroundTasks({ concurrency: 2 });
+      let running = 0;
+      let mostAtOnce = 0;
+      const order = new Map<number, number[]>();
+      const work = async (request: number, position: number): Promise<void> => {
+        mostAtOnce = Math.max(mostAtOnce, ++running);
+        await delay(5);
+        order.set(request, [...(order.get(request) ?? []), position]);
+        running--;
+      };
+      const app = createApp();
+      app.use(tasks);
+      app.get('/:n', (req, res) => {
+        const n = Number(req.params.n);
+        res.locals.tasks.add(work, n, 1).add(work, n, 2).add(work, n, 3);
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        const requests = [0, 1, 2, 3, 4, 5];
+        await Promise.all(requests.map(async (n) => (await fetch(`${server.url}/${n}`)).text()));
+        await tasks.drain();
+        assert.equal(mostAtOnce, 2);
+        for (const n of requests) assert.deepEqual(order.get(n), [1, 2, 3]);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('lets waiting responses take turns in FIFO order with concurrency: 1', async () => {
+      const tasks = backgroundTasks({ concurrency: 1 });
+      const gate = deferred();
+      const log: string[] = [];
+      const step = async (name: string): Promise<void> => {
+        await gate.promise;
+        log.push(name);
+      };
+      const app = createApp();
+      app.use(tasks);
+      app.get('/:name', (req, res) => {
+        const name = req.params.name as string;
+        res.locals.tasks.add(step, `${name}1`).add(step, `${name}2`);
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        for (const name of ['a', 'b', 'c']) await (await fetch(`${server.url}/${name}`)).text();
+        await delay(20);
+        assert.equal(tasks.pending, 6);
+        gate.resolve();
+        await tasks.drain();
+        assert.deepEqual(log, ['a1', 'b1', 'c1', 'a2', 'b2', 'c2']);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+
+  describe(`${label}: maxPending`, () => {
+    it('throws QueueFullError from add() past `maxPending`, so the handler can answer 503', async () => {
+      const tasks = backgroundTasks({ maxPending: 2 });
+      const ran: number[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        try {
+          for (const n of [1, 2, 3]) res.locals.tasks.add(() => ran.push(n));
+          res.send('queued');
+        } catch (error) {
+          assert.ok(error instanceof QueueFullError);
+          assert.equal(error.name, 'QueueFullError');
+          assert.match(error.message, /maxPending/);
+          res.status(503).send('busy');
+        }
+      });
+      const server = await listen(app);
+      try {
+        const response = await fetch(server.url);
+        assert.equal(response.status, 503);
+        await response.text();
+        await tasks.drain();
+        assert.deepEqual(ran, [1, 2], 'the two accepted tasks still run');
+        assert.equal(tasks.pending, 0);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+}

@@ -1,0 +1,75 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { backgroundTasks, type BackgroundTasksOptions } from '../lib/index.js';
+import { expressVersions, listen } from './support/http.js';
+
+describe('bad input is refused at once', () => {
+  const invalidOptions: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
+    ['fast', TypeError, 'Expected `options` to be an object, got `fast` (string)'],
+    [null, TypeError, 'Expected `options` to be an object, got `null` (object)'],
+    [{ onError: 'log' }, TypeError, 'Expected `onError` to be a function, got `log` (string)'],
+    [{ timeout: 'soon' }, TypeError, 'Expected `timeout` to be a number of milliseconds, got `soon` (string)'],
+    [{ timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, or Infinity, got `0` (number)'],
+    [{ timeout: -5 }, RangeError, '`timeout`'],
+    [{ timeout: NaN }, RangeError, 'got `NaN` (number)'],
+    [{ timeout: 2 ** 31 }, RangeError, '`timeout`'],
+    [{ concurrency: 0 }, RangeError, 'Expected `concurrency` to be a positive integer or Infinity, got `0` (number)'],
+    [{ concurrency: 1.5 }, RangeError, '`concurrency`'],
+    [{ concurrency: '4' }, TypeError, 'Expected `concurrency` to be a positive integer or Infinity, got `4` (string)'],
+    [{ maxPending: -1 }, RangeError, 'Expected `maxPending` to be a positive integer or Infinity, got `-1` (number)'],
+    [{ maxPending: 10n }, TypeError, 'got `10n` (bigint)'],
+    [{ runOn: 'never' }, TypeError, "Expected `runOn` to be 'always' or 'success', got `never` (string)"],
+  ];
+  for (const [options, ErrorClass, message] of invalidOptions) {
+    it(`backgroundTasks(${JSON.stringify(options, (_key, value: unknown) => (typeof value === 'bigint' ? `${value}n` : value))}) throws a ${ErrorClass.name} naming the option`, () => {
+      assert.throws(() => backgroundTasks(options as BackgroundTasksOptions), (error: unknown) => {
+        assert.ok(error instanceof ErrorClass, `a ${ErrorClass.name}`);
+        assert.ok(error.message.includes(message), error.message);
+        return true;
+      });
+    });
+  }
+
+  it('accepts every valid option, Infinity included, and never mutates the options object', () => {
+    const options = Object.freeze({ onError() {}, timeout: 1000, concurrency: Infinity, maxPending: 10, runOn: 'success' } as const);
+    const middleware = backgroundTasks(options);
+    assert.equal(middleware.name, 'backgroundTasksMiddleware');
+    assert.equal(backgroundTasks({ timeout: Infinity, maxPending: Infinity, concurrency: 1 }).pending, 0);
+    assert.equal(backgroundTasks(undefined).pending, 0);
+  });
+
+  it('makes `pending` read-only', () => {
+    const middleware = backgroundTasks();
+    assert.throws(() => {
+      (middleware as { pending: number }).pending = 5;
+    }, TypeError);
+  });
+
+  for (const [label, createApp] of expressVersions) {
+    it(`${label}: add() with a non-function throws a TypeError in the handler, and queues nothing`, async () => {
+      const tasks = backgroundTasks();
+      const thrown: unknown[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        for (const notAFunction of [123, 'sendEmail', undefined, { name: 'task' }]) {
+          try {
+            res.locals.tasks.add(notAFunction as () => void);
+          } catch (error) {
+            thrown.push(error);
+          }
+        }
+        res.json({ size: res.locals.tasks.size, pending: tasks.pending });
+      });
+      const server = await listen(app);
+      try {
+        assert.deepEqual(await (await fetch(server.url)).json(), { size: 0, pending: 0 });
+        assert.equal(thrown.length, 4);
+        for (const error of thrown) assert.ok(error instanceof TypeError);
+        assert.equal((thrown[0] as Error).message, 'Expected `fn` to be a function, got `123` (number)');
+      } finally {
+        await server.close();
+      }
+    });
+  }
+});
