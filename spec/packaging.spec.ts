@@ -1,0 +1,326 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+
+// What a user gets from `npm install express-background-tasks`: the tarball `npm pack` makes,
+// installed into a throwaway consumer project, used from CommonJS, from ES modules and from a
+// strict TypeScript project. Relies on `npm run build` having made dist/; no network.
+
+const repo = fileURLToPath(new URL('..', import.meta.url));
+const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+const manifest = JSON.parse(await readFile(path.join(repo, 'package.json'), 'utf8')) as {
+  name: string;
+  dependencies?: Record<string, string>;
+  peerDependencies?: Record<string, string>;
+};
+
+/** What the tarball may hold, besides dist/**: npm always adds package.json, README and LICENSE. */
+const shippedDocs = ['README.md', 'LICENSE', 'CHANGELOG.md'];
+
+/** A user's strict project, compiled the three ways Node projects resolve the package's types. */
+const typeProjects = [
+  {
+    label: 'an ES module project (module NodeNext)',
+    packageType: 'module',
+    entry: 'dist/esm/index.d.ts',
+    compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext' },
+  },
+  {
+    label: 'a CommonJS project (module NodeNext)',
+    packageType: 'commonjs',
+    entry: 'dist/cjs/index.d.ts',
+    compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext' },
+  },
+  {
+    label: 'a CommonJS project (module CommonJS, moduleResolution node10)',
+    packageType: 'commonjs',
+    entry: 'dist/cjs/index.d.ts',
+    compilerOptions: { module: 'CommonJS', moduleResolution: 'node10', esModuleInterop: true },
+  },
+] as const;
+
+const strictOptions = {
+  strict: true,
+  exactOptionalPropertyTypes: true,
+  target: 'ES2022',
+  noEmit: true,
+  skipLibCheck: true,
+};
+
+describe('packaging', () => {
+  let workspace: string;
+  let tarballFiles: string[];
+  let consumer: string;
+
+  before(async () => {
+    assert.ok(existsSync(path.join(repo, 'dist/esm/index.js')) && existsSync(path.join(repo, 'dist/cjs/index.js')),
+      'dist/ is missing: run `npm run build` before this spec');
+    workspace = await mkdtemp(path.join(os.tmpdir(), 'express-background-tasks-pack-'));
+    const tarball = await pack(workspace);
+    tarballFiles = await listTarball(tarball);
+    consumer = await installConsumer(workspace, tarball);
+  });
+
+  after(async () => {
+    if (workspace !== undefined) await rm(workspace, { recursive: true, force: true });
+  });
+
+  describe('the tarball', () => {
+    it('holds only package.json, the README, LICENSE, CHANGELOG and the build output in dist/', () => {
+      const unexpected = tarballFiles.filter((file) => file !== 'package.json' && !shippedDocs.includes(file) &&
+        !/^dist\/(esm|cjs)\/[\w-]+\.(js|d\.ts)$/.test(file) && file !== 'dist/cjs/package.json');
+      assert.deepEqual(unexpected, [], 'files the tarball should not ship');
+      for (const folder of ['lib/', 'spec/', 'bench/', 'examples/', 'docs/', 'scripts/', 'node_modules/']) {
+        assert.ok(!tarballFiles.some((file) => file.startsWith(folder)), `${folder} is shipped`);
+      }
+    });
+
+    it('holds every file its package.json points to, and the marker that makes dist/cjs CommonJS', async () => {
+      const shipped = JSON.parse(await readFile(path.join(consumer, 'node_modules', manifest.name, 'package.json'), 'utf8')) as
+        { main: string; types: string; exports: unknown };
+      const targets = [shipped.main, shipped.types, ...exportTargets(shipped.exports)].map((target) => path.posix.normalize(target));
+      assert.ok(targets.includes('dist/esm/index.js') && targets.includes('dist/cjs/index.js'), targets.join(', '));
+      for (const file of [...targets, 'dist/cjs/package.json']) {
+        assert.ok(tarballFiles.includes(file), `${file} is missing`);
+      }
+    });
+
+    it('ships the README, LICENSE and CHANGELOG the repository has', () => {
+      for (const doc of shippedDocs.filter((file) => existsSync(path.join(repo, file)))) {
+        assert.ok(tarballFiles.includes(doc), `${doc} is missing`);
+      }
+    });
+  });
+
+  describe('installed in a consumer app', () => {
+    it('require() exposes backgroundTasks, the same function as .default, TimeoutError and QueueFullError', async () => {
+      const exports = await runNode(consumer, 'exports.cjs', `
+        const assert = require('node:assert/strict');
+        const tasks = require('express-background-tasks');
+        assert.equal(typeof tasks.backgroundTasks, 'function');
+        assert.equal(tasks.default, tasks.backgroundTasks);
+        assert.equal(new tasks.TimeoutError('late').name, 'TimeoutError');
+        assert.equal(new tasks.QueueFullError('full').name, 'QueueFullError');
+        assert.equal(require('express-background-tasks/package.json').name, 'express-background-tasks');
+        console.log(JSON.stringify(Object.keys(tasks).sort()));
+      `);
+      assert.deepEqual(JSON.parse(exports), ['QueueFullError', 'TimeoutError', 'backgroundTasks', 'default']);
+    });
+
+    it('import gives the same function as default and named export, with TimeoutError and QueueFullError', async () => {
+      const exports = await runNode(consumer, 'exports.mjs', `
+        import assert from 'node:assert/strict';
+        import backgroundTasks, { backgroundTasks as named, TimeoutError, QueueFullError } from 'express-background-tasks';
+        import * as everything from 'express-background-tasks';
+        assert.equal(typeof backgroundTasks, 'function');
+        assert.equal(backgroundTasks, named);
+        assert.ok(new TimeoutError('late') instanceof Error);
+        assert.equal(new TimeoutError('late').name, 'TimeoutError');
+        assert.equal(new QueueFullError('full').name, 'QueueFullError');
+        console.log(JSON.stringify(Object.keys(everything).sort()));
+      `);
+      assert.deepEqual(JSON.parse(exports), ['QueueFullError', 'TimeoutError', 'backgroundTasks', 'default']);
+    });
+
+    for (const [format, file, importLines] of [
+      ['CommonJS', 'serve.cjs', `const express = require('express');\nconst { backgroundTasks } = require('express-background-tasks');`],
+      ['ES module', 'serve.mjs', `import express from 'express';\nimport { backgroundTasks } from 'express-background-tasks';`],
+    ] as const) {
+      it(`the ${format} build runs a queued task after the response has been sent, over real HTTP`, async () => {
+        const outcome = JSON.parse(await runNode(consumer, file, `${importLines}\n${serveOneRequest}`)) as ServeOutcome;
+        assert.equal(outcome.status, 201);
+        assert.deepEqual(outcome.body, { id: '7' });
+        assert.deepEqual(outcome.events, [
+          'handler returned',
+          'task sendConfirmationEmail(7) ran, response flushed: true',
+        ]);
+      });
+    }
+  });
+
+  describe('types in a strict TypeScript project', () => {
+    for (const project of typeProjects) {
+      it(`${project.label}: everyday usage compiles without casts, and every misuse is an error`, { timeout: 60_000 }, async () => {
+        const dir = await writeTypeProject(consumer, project);
+        const { code, output } = await compile(dir, 'tsconfig.json', '--listFiles');
+        assert.deepEqual(errorsIn(output), [], output);
+        assert.equal(code, 0, output);
+        const loaded = output.split('\n').filter((file) => file.includes('node_modules/express-background-tasks/'));
+        assert.ok(loaded.some((file) => file.endsWith(`express-background-tasks/${project.entry}`)),
+          `expected the types from ${project.entry}, got:\n${loaded.join('\n')}`);
+      });
+
+      it(`${project.label}: each misuse fails to compile once its @ts-expect-error is removed`, { timeout: 60_000 }, async () => {
+        const dir = await writeTypeProject(consumer, project);
+        const misuse = await readFile(path.join(dir, 'invalid-usage.ts'), 'utf8');
+        const expectedLines = misuse.split('\n').flatMap((line, index) => (line.includes('@ts-expect-error') ? [index + 2] : []));
+        assert.ok(expectedLines.length >= 10, 'invalid-usage.ts lost its @ts-expect-error lines');
+        await writeFile(path.join(dir, 'known-bad.ts'), misuse.replaceAll('@ts-expect-error', 'error expected on the next line'));
+        await writeTsconfig(dir, 'tsconfig.known-bad.json', project.compilerOptions, ['known-bad.ts']);
+
+        const { code, output } = await compile(dir, 'tsconfig.known-bad.json');
+        assert.notEqual(code, 0, 'tsc accepted a file full of misuse');
+        const errors = errorsIn(output);
+        assert.deepEqual(errors.filter((error) => error.file !== 'known-bad.ts'), [], output);
+        assert.deepEqual([...new Set(errors.map((error) => error.line))], expectedLines, output);
+      });
+    }
+
+    it('the declarations compile with skipLibCheck off when the user installed only the peer types', {
+      timeout: 60_000,
+      todo: 'dist/*/task.d.ts imports `debug` for the private logger\'s type, and @types/debug is only a devDependency',
+    }, async () => {
+      const dir = await writeTypeProject(consumer, typeProjects[0]);
+      await writeTsconfig(dir, 'tsconfig.lib-check.json', { ...typeProjects[0].compilerOptions, skipLibCheck: false }, ['valid-usage.ts']);
+      const { code, output } = await compile(dir, 'tsconfig.lib-check.json');
+      assert.deepEqual(errorsIn(output), [], output);
+      assert.equal(code, 0, output);
+    });
+  });
+});
+
+/** The consumer script shared by the CommonJS and ES module checks (after its import lines). */
+const serveOneRequest = `
+const tasks = backgroundTasks();
+const app = express();
+app.use(tasks);
+const events = [];
+app.post('/items/:id', (req, res) => {
+  res.locals.tasks.add(async function sendConfirmationEmail(id) {
+    events.push('task sendConfirmationEmail(' + id + ') ran, response flushed: ' + res.writableFinished);
+  }, req.params.id);
+  res.status(201).json({ id: req.params.id });
+  events.push('handler returned');
+});
+const server = app.listen(0, '127.0.0.1', async () => {
+  const response = await fetch('http://127.0.0.1:' + server.address().port + '/items/7', { method: 'POST' });
+  const body = await response.json();
+  await tasks.drain();
+  server.close();
+  console.log(JSON.stringify({ status: response.status, body, events }));
+});
+`;
+
+interface ServeOutcome {
+  status: number;
+  body: unknown;
+  events: string[];
+}
+
+/**
+ * Packs the repository the way `npm publish` would.
+ * @return the tarball's path
+ */
+async function pack(destination: string): Promise<string> {
+  const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', destination], repo);
+  const [packed] = JSON.parse(stdout) as { filename: string }[];
+  assert.ok(packed !== undefined, 'npm pack reported no tarball');
+  return path.join(destination, packed.filename);
+}
+
+/** @return the tarball's files, relative to the package root */
+async function listTarball(tarball: string): Promise<string[]> {
+  const { stdout } = await run('tar', ['-tzf', tarball], repo);
+  return stdout.split('\n').filter((entry) => entry !== '' && !entry.endsWith('/')).map((entry) => entry.replace(/^package\//, ''));
+}
+
+/**
+ * Makes `<workspace>/consumer` with the tarball extracted as node_modules/express-background-tasks,
+ * and the package's dependencies, peers and @types/node linked from the repository's node_modules
+ * (their own dependencies resolve from the links' real paths).
+ * @return the consumer's directory
+ */
+async function installConsumer(workspace: string, tarball: string): Promise<string> {
+  const consumer = path.join(workspace, 'consumer');
+  const installed = path.join(consumer, 'node_modules', manifest.name);
+  await mkdir(installed, { recursive: true });
+  await mkdir(path.join(consumer, 'node_modules', '@types'), { recursive: true });
+  await writeFile(path.join(consumer, 'package.json'), '{ "name": "consumer", "private": true }\n');
+  await run('tar', ['-xzf', tarball, '-C', installed, '--strip-components=1'], repo);
+  const linked = [...Object.keys(manifest.dependencies ?? {}), ...Object.keys(manifest.peerDependencies ?? {}), '@types/node'];
+  for (const name of linked) {
+    await symlink(path.join(repo, 'node_modules', name), path.join(consumer, 'node_modules', name), 'dir');
+  }
+  return consumer;
+}
+
+/**
+ * Writes `script` into the consumer and runs it with node.
+ * @return what it printed on stdout
+ */
+async function runNode(consumer: string, file: string, script: string): Promise<string> {
+  await writeFile(path.join(consumer, file), script);
+  const { stdout } = await run(process.execPath, [file], consumer);
+  return stdout;
+}
+
+/**
+ * Writes a type-test project into the consumer: a package.json with its module type, a strict
+ * tsconfig.json, and the fixtures of spec/types importing the package by name, as a user would.
+ * @return its directory
+ */
+async function writeTypeProject(consumer: string, project: (typeof typeProjects)[number]): Promise<string> {
+  const dir = path.join(consumer, `types-${typeProjects.indexOf(project)}`);
+  await mkdir(dir, { recursive: true });
+  await writeFile(path.join(dir, 'package.json'), `{ "type": "${project.packageType}" }\n`);
+  await writeTsconfig(dir, 'tsconfig.json', project.compilerOptions, ['valid-usage.ts', 'invalid-usage.ts']);
+  for (const fixture of ['valid-usage.ts', 'invalid-usage.ts']) {
+    const source = await readFile(path.join(repo, 'spec/types', fixture), 'utf8');
+    const asUser = source.replaceAll(`from '../../lib/index.js'`, `from '${manifest.name}'`);
+    assert.notEqual(asUser, source, `${fixture} should import ../../lib/index.js`);
+    await writeFile(path.join(dir, fixture), asUser);
+  }
+  return dir;
+}
+
+async function writeTsconfig(dir: string, name: string, compilerOptions: object, files: string[]): Promise<void> {
+  const tsconfig = { compilerOptions: { ...strictOptions, ...compilerOptions }, files };
+  await writeFile(path.join(dir, name), `${JSON.stringify(tsconfig, null, 2)}\n`);
+}
+
+/**
+ * Runs the repository's TypeScript on a consumer project.
+ * @return tsc's exit code and its output
+ */
+async function compile(dir: string, tsconfig: string, ...flags: string[]): Promise<{ code: number; output: string }> {
+  try {
+    const { stdout } = await run(process.execPath, [tsc, '-p', tsconfig, '--pretty', 'false', ...flags], dir);
+    return { code: 0, output: stdout };
+  } catch (error) {
+    const failure = error as { code?: unknown; stdout?: string; stderr?: string };
+    if (typeof failure.code !== 'number') throw error;
+    return { code: failure.code, output: `${failure.stdout ?? ''}${failure.stderr ?? ''}` };
+  }
+}
+
+/** @return the errors in tsc's output, each with its file (relative to the project) and line */
+function errorsIn(output: string): { file: string; line: number; text: string }[] {
+  return [...output.matchAll(/^(.+?)\((\d+),\d+\): error (TS\d+: .*)$/gm)].map(([, file = '', line, text = '']) => ({
+    file,
+    line: Number(line),
+    text,
+  }));
+}
+
+/** @return every file path in a package.json `exports` value, however deeply its conditions nest */
+function exportTargets(exports: unknown): string[] {
+  if (typeof exports === 'string') return [exports];
+  if (typeof exports !== 'object' || exports === null) return [];
+  return Object.values(exports).flatMap(exportTargets);
+}
+
+/** Runs a command, bounded in time, without a shell. */
+function run(command: string, args: string[], cwd: string): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { cwd, timeout: 50_000, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+      if (error) reject(Object.assign(error, { stdout, stderr }));
+      else resolve({ stdout, stderr });
+    });
+  });
+}
