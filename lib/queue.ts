@@ -65,7 +65,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
       debug('dropped %s: response status %d', taskName(fn), this.#res.statusCode);
       return this;
     }
-    this.#scheduler.admit(taskName(fn));
+    this.#scheduler.admit(fn);
     const task = new Task(fn as (...args: never[]) => unknown, args);
     if (this.#tail === undefined) this.#head = task;
     else this.#tail.next = task;

@@ -1,5 +1,6 @@
 import { QueueFullError } from './errors.js';
 import type { Settings } from './options.js';
+import { taskName } from './task.js';
 
 /**
  * What the scheduler needs of a response's queue: a way to start it and a link for the wait list.
@@ -33,12 +34,12 @@ export class Scheduler {
   }
 
   /**
-   * Counts one more pending task.
+   * Counts one more pending task: `fn`, about to be queued.
    * @throws {QueueFullError} when `maxPending` tasks are already pending
    */
-  admit(name: string): void {
+  admit(fn: { name: string }): void {
     if (this.pending >= this.settings.maxPending) {
-      throw new QueueFullError(`Cannot queue task ${name}: ${this.pending} tasks are pending, the limit set by \`maxPending\``);
+      throw new QueueFullError(`Cannot queue task ${taskName(fn)}: ${this.pending} tasks are pending, the limit set by \`maxPending\``);
     }
     this.pending++;
   }
