@@ -28,7 +28,7 @@ export class QueueFullError extends Error {
  * @param name - the argument or option, as the user wrote it
  * @param expectation - what it should have been
  * @param value - what it was
- * @private
+ * @internal
  */
 export function invalid(name: string, expectation: string, value: unknown): string {
   const shown = typeof value === 'string' ? value : inspect(value, { depth: 0, breakLength: Infinity });

@@ -52,7 +52,7 @@ export interface TaskInfo {
 
 /**
  * Options resolved to their defaults and validated.
- * @private
+ * @internal
  */
 export interface Settings {
   readonly onError: (error: unknown, info: TaskInfo) => void;
@@ -66,7 +66,7 @@ export interface Settings {
  * Validates `options` and fills in the defaults.
  * @throws {TypeError} an option of the wrong type
  * @throws {RangeError} a number option out of range
- * @private
+ * @internal
  */
 export function resolveOptions(options: BackgroundTasksOptions | undefined): Settings {
   if (options === undefined) options = {};
@@ -134,7 +134,7 @@ function reportToStderr(error: unknown, info: TaskInfo): void {
 
 /**
  * @return the error's stack, or the thrown value as text when it is not an Error
- * @private
+ * @internal
  */
 export function describeError(error: unknown): string {
   if (error instanceof Error && error.stack !== undefined) return error.stack;

@@ -34,7 +34,7 @@ type Phase = 'open' | 'awaiting-flush' | 'idle' | 'active' | 'dropped';
 
 /**
  * The tasks of one response, run one after another once the response has been flushed.
- * @private
+ * @internal
  */
 export class ResponseQueue implements TaskQueue, Runnable {
   nextWaiting: Runnable | undefined = undefined;

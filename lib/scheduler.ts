@@ -4,7 +4,7 @@ import { taskName } from './task.js';
 
 /**
  * What the scheduler needs of a response's queue: a way to start it and a link for the wait list.
- * @private
+ * @internal
  */
 export interface Runnable {
   /** Runs the queue's tasks; calls `releaseSlot()` when it stops. */
@@ -16,7 +16,7 @@ export interface Runnable {
 /**
  * The state one middleware instance shares across its responses: how many tasks are pending,
  * which queues hold one of the `concurrency` slots, which wait for one, and who awaits `drain()`.
- * @private
+ * @internal
  */
 export class Scheduler {
   /** Tasks queued or running, across all responses. */

@@ -8,7 +8,7 @@ import { describeError, type Settings } from './options.js';
 
 /**
  * The `debug` logger of the whole library: `DEBUG=express-background-tasks`.
- * @private
+ * @internal
  */
 export const debug = createDebug('express-background-tasks');
 
@@ -31,14 +31,14 @@ export interface TaskTraceContext {
  * Tracing channel `express-background-tasks:task` (Node's `diagnostics_channel.tracingChannel`):
  * `start`/`end` around the call, `asyncStart`/`asyncEnd` when a returned promise settles, `error`
  * on a throw, a rejection or a timeout.
- * @private
+ * @internal
  */
 export const taskTracing = diagnostics.tracingChannel<unknown, TaskTraceContext>('express-background-tasks:task');
 
 /**
  * One queued call: the function, its arguments, and the async context of the `add()` call
  * (the task is its own `AsyncResource`, so binding the context costs no extra object).
- * @private
+ * @internal
  */
 export class Task extends AsyncResource {
   readonly fn: (...args: never[]) => unknown;
@@ -55,7 +55,7 @@ export class Task extends AsyncResource {
 
 /**
  * @return the name shown for a task in traces and error reports
- * @private
+ * @internal
  */
 export function taskName(fn: { name: string }): string {
   return fn.name || 'anonymous';
@@ -69,7 +69,7 @@ export function taskName(fn: { name: string }): string {
  * @param settings - the middleware's settings
  * @param settled - called once a task that returned a promise has settled or timed out
  * @return true when the task settled synchronously (`settled` is then not called)
- * @private
+ * @internal
  */
 export function runTask(task: Task, req: Request, settings: Settings, settled: () => void): boolean {
   const context = taskTracing.hasSubscribers ? { name: taskName(task.fn), req } : undefined;
