@@ -31,6 +31,6 @@ export class QueueFullError extends Error {
  * @internal
  */
 export function invalid(name: string, expectation: string, value: unknown): string {
-  const shown = typeof value === 'string' ? value : inspect(value, { depth: 0, breakLength: Infinity });
+  const shown = typeof value === 'string' ? value : inspect(value, { depth: 1, breakLength: Infinity });
   return `Expected \`${name}\` to be ${expectation}, got \`${shown}\` (${typeof value})`;
 }

@@ -2,6 +2,7 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { resolveOptions, type BackgroundTasksOptions } from './options.js';
 import { ResponseQueue } from './queue.js';
 import { Scheduler } from './scheduler.js';
+import { debug } from './task.js';
 
 /**
  * The middleware returned by `backgroundTasks()`, with the hooks for shutdown and tests.
@@ -39,6 +40,7 @@ export function backgroundTasks(options?: BackgroundTasksOptions): BackgroundTas
   function backgroundTasksMiddleware(req: Request, res: Response, next: NextFunction): void {
     // Mounted twice (app and router): keep the first queue, so each task runs once.
     if (res.locals.tasks === undefined) res.locals.tasks = new ResponseQueue(scheduler, req, res);
+    else debug('res.locals.tasks already set: the first middleware mounted keeps this response');
     next();
   }
 

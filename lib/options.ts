@@ -70,7 +70,7 @@ export interface Settings {
  */
 export function resolveOptions(options: BackgroundTasksOptions | undefined): Settings {
   if (options === undefined) options = {};
-  if (options === null || typeof options !== 'object') {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new TypeError(invalid('options', 'an object', options));
   }
 

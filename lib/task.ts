@@ -23,7 +23,10 @@ export interface TaskTraceContext {
   readonly req: Request;
   /** What the task threw or rejected with (set before the `error` event). */
   error?: unknown;
-  /** What the task returned or resolved to (set before `end` or `asyncStart`). */
+  /**
+   * What the task returned (set before `end`), then what its promise resolved to (set before
+   * `asyncStart`). After a rejection or a timeout it still holds the returned promise.
+   */
   result?: unknown;
 }
 
@@ -156,7 +159,8 @@ function report(error: unknown, name: string, req: Request, settings: Settings):
     settings.onError(error, { name, req });
   } catch (onErrorFailure) {
     process.stderr.write(
-      `express-background-tasks: onError threw while reporting task ${name}: ${describeError(onErrorFailure)}\n`,
+      `express-background-tasks: onError threw while reporting task ${name}: ${describeError(onErrorFailure)}\n` +
+        `  the task's own error: ${describeError(error)}\n`,
     );
   }
 }

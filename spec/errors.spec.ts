@@ -109,6 +109,7 @@ for (const [label, createApp] of expressVersions) {
         assert.deepEqual(ran, ['next']);
         assert.match(stderr, /onError threw while reporting task failing: Error: the logger is broken/);
         assert.match(stderr, /onError threw while reporting task failingLater: Error: the logger is broken/);
+        assert.match(stderr, /the task's own error: Error: async task failure/);
       } finally {
         await server.close();
       }

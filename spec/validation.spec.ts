@@ -7,6 +7,7 @@ describe('bad input is refused at once', () => {
   const invalidOptions: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
     ['fast', TypeError, 'Expected `options` to be an object, got `fast` (string)'],
     [null, TypeError, 'Expected `options` to be an object, got `null` (object)'],
+    [[{ timeout: 5 }], TypeError, 'Expected `options` to be an object, got `[ { timeout: 5 } ]` (object)'],
     [{ onError: 'log' }, TypeError, 'Expected `onError` to be a function, got `log` (string)'],
     [{ timeout: 'soon' }, TypeError, 'Expected `timeout` to be a number of milliseconds, got `soon` (string)'],
     [{ timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, or Infinity, got `0` (number)'],
