@@ -1,0 +1,127 @@
+import type { LoadSettings } from './http.js';
+import { formatInterval, formatValue, percent, table } from './markdown.js';
+import { noteFor } from './notes.js';
+import type { ProfileSummary } from './profile.js';
+import { median, ratio } from './stats.js';
+import { meets, type Measurements, type Target } from './targets.js';
+import { labelOf, type VariantId } from './variants.js';
+
+/** CPU profiles taken because a target was missed. */
+export interface Evidence {
+  /** Server variants profiled under load. */
+  readonly servers: Partial<Record<VariantId, ProfileSummary>>;
+  /** The queue's run loop over sync tasks. */
+  readonly queue?: ProfileSummary;
+}
+
+/**
+ * Writes the page's section on the targets a run missed: by how much, how sure, and what the
+ * profile of the code involved shows.
+ * @param missed - the missed targets
+ * @param measurements - the run's measurements
+ * @param evidence - the profiles taken for the missed targets
+ * @param settings - the load the servers were under
+ * @return the section's Markdown lines
+ */
+export function explainMisses(missed: readonly Target[], measurements: Measurements, evidence: Evidence, settings: LoadSettings): string[] {
+  const lines = ['## Missed targets', ''];
+  for (const target of missed) {
+    const { median: middle, values } = target.measured;
+    const meeting = values.filter((value) => meets(value, target.goal)).length;
+    lines.push(
+      `### ${target.label}`,
+      '',
+      `Median ${formatValue(middle, target.unit)} against a goal of ${target.goal.bound} ${formatValue(target.goal.value, target.unit)}, confidence interval`,
+      `${formatInterval(target.measured, target.unit)}; ${meeting} of the ${values.length} ${target.servers === undefined ? 'runs' : 'rounds'} met the goal.`,
+      ...(target.decided ? [] : ['The interval contains the goal, so this miss is within the noise of the machine.']),
+      '',
+    );
+    if (target.id === 'idle') {
+      const passThrough = ratio(measurements.http.passThrough.throughput, measurements.http.bare.throughput);
+      lines.push(`For comparison, an empty middleware measured ${formatValue(passThrough.median, '×')} bare Express in the same run (${formatInterval(passThrough, '×')}).`, '');
+    }
+    if (target.id === 'p99') lines.push(...latencyNote(measurements, settings));
+    if (target.id === 'sync' && evidence.queue !== undefined) lines.push(...queueProfileNote(evidence.queue, measurements));
+    const profiled = (target.servers ?? []).filter((id) => evidence.servers[id] !== undefined);
+    if (profiled.length > 0) lines.push(...serverProfileNote(profiled, evidence, settings));
+  }
+  return lines;
+}
+
+/**
+ * @return why a closed-loop load test ties latency to throughput, with this run's numbers
+ */
+function latencyNote({ http }: Measurements, settings: LoadSettings): string[] {
+  const throughput = ratio(http.sleep.throughput, http.bare.throughput).median;
+  const p99 = median(http.sleep.p99);
+  const lines = [
+    `Median p99: ${p99.toFixed(1)} ms with the 50 ms task, ${median(http.bare.p99).toFixed(1)} ms for bare Express. The load is closed-loop:`,
+    `each of the ${settings.connections} connections sends its next request when the previous answer has arrived, so latency ≈`,
+    `connections ÷ throughput. The 50 ms variant served ${formatValue(throughput, '×')} bare Express’s requests per second, which by itself`,
+    `predicts a p99 ${formatValue(1 / throughput, '×')} as long; measured: ${formatValue(ratio(http.sleep.p99, http.bare.p99).median, '×')}. The extra CPU per request (queuing the task`,
+    'and, 50 ms later, settling its timer and promise on the same event loop) lowers throughput, and a closed loop',
+    'turns lower throughput into longer latency.',
+  ];
+  if (p99 < 50) lines.push(`Responses do not wait for their task: 99 % took under ${p99.toFixed(1)} ms, less than the 50 ms the task sleeps.`);
+  return [...lines, ''];
+}
+
+/**
+ * @return the profile of the queue's run loop over sync tasks
+ */
+function queueProfileNote(profile: ProfileSummary, { queue }: Measurements): string[] {
+  const perTask = (perSecond: number): string => `${(1e9 / perSecond).toFixed(0)} ns`;
+  return [
+    `Per task that is ${perTask(median(queue.sync.library))} in the queue against ${perTask(median(queue.sync.plainLoop))} in the plain loop. A CPU profile`,
+    `(V8's sampling profiler, as \`node --cpu-prof\` uses, every 100 µs) of ${queue.sync.library.length} more runs of ${queue.tasks.toLocaleString('en-US')} sync tasks,`,
+    `counting only the queue's run loop (queuing the tasks is outside the measured time), ${profile.insideMs.toFixed(0)} ms in all, by self time:`,
+    '',
+    profileTable(profile, profile.insideMs, 'Share of the run loop'),
+    '',
+  ];
+}
+
+/**
+ * @return the profiles of the server variants a missed target compares
+ */
+function serverProfileNote(profiled: readonly VariantId[], evidence: Evidence, settings: LoadSettings): string[] {
+  const lines = [
+    `CPU profiles (V8's sampling profiler, as \`node --cpu-prof\` uses, every 100 µs) of each server under the same load for`,
+    `${settings.profileSeconds} s, after warm-up. Task code is the library's modules, or the variant's own middleware and on-finished`,
+    'listener, with what they call, except calls back into Express: `next()` leads on to the route that every variant',
+    'runs alike, so what Express charges for one more middleware is not counted (see the empty middleware above).',
+    '',
+    table(['Server', 'CPU sampled', 'In task code', 'Share'], profiled.map((id) => {
+      const profile = profileOf(evidence, id);
+      return [labelOf(id), `${profile.totalMs.toFixed(0)} ms`, `${profile.insideMs.toFixed(0)} ms`, percent(profile.insideMs, profile.totalMs)];
+    })),
+    '',
+  ];
+  for (const id of profiled) {
+    const profile = profileOf(evidence, id);
+    lines.push(`The heaviest task code of *${labelOf(id)}*, by self time:`, '', profileTable(profile, profile.totalMs, 'Share of server CPU'), '');
+  }
+  return lines;
+}
+
+/**
+ * @return a table of a profile's heaviest functions, with a note on what each one does when known
+ */
+function profileTable(profile: ProfileSummary, whole: number, shareHeading: string): string {
+  return table(['Function', 'Self time', shareHeading, 'What it is'], profile.top.map(({ name, selfMs }) => [
+    `\`${name}\``,
+    `${selfMs.toFixed(1)} ms`,
+    percent(selfMs, whole),
+    noteFor(name),
+  ]));
+}
+
+/**
+ * @return the profile of server `id` in `evidence`
+ * @throws {Error} when there is none
+ */
+function profileOf(evidence: Evidence, id: VariantId): ProfileSummary {
+  const profile = evidence.servers[id];
+  if (profile === undefined) throw new Error(`no profile of server ${id}`);
+  return profile;
+}

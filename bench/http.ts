@@ -1,0 +1,132 @@
+import type { ChildProcess } from 'node:child_process';
+import autocannon from 'autocannon';
+import { request, startChild, stopChild } from './child.js';
+import { summarizeProfile, type CallFrame, type CpuProfile, type ProfileSummary } from './profile.js';
+import type { ServerReady } from './servers.js';
+import { percentile } from './stats.js';
+import { variants, type VariantId } from './variants.js';
+
+/** How hard and how long the load generator pushes. */
+export interface LoadSettings {
+  /** Concurrent keep-alive connections. */
+  readonly connections: number;
+  /** Seconds per variant per round. */
+  readonly seconds: number;
+  /** Seconds of unrecorded load per server before the first round, so the JIT has warmed up. */
+  readonly warmupSeconds: number;
+  /** Seconds of load a server is profiled for, when a target it is part of was missed. */
+  readonly profileSeconds: number;
+  /**
+   * Rounds. Each runs every variant once, in the cycle of `variants` rotated by one place from the
+   * previous round and walked backwards in every other round, so no variant keeps a favoured slot.
+   */
+  readonly rounds: number;
+}
+
+/** One variant's numbers, one entry per round. */
+export interface VariantRuns {
+  /** Requests per second. */
+  readonly throughput: number[];
+  /** 99th percentile response time, ms. */
+  readonly p99: number[];
+}
+
+/**
+ * Starts each server variant in its own child process (all at once) and loads them in turn from
+ * this process, round after round. Every child is stopped before this returns or throws.
+ * @param libraryUrl - the compiled library, from `buildLibrary()`
+ * @param settings - connections, durations, rounds
+ * @param progress - called with a line of text after each measurement
+ * @return each variant's numbers, round by round
+ * @throws {Error} when a server fails to start or a run sees errors or non-2xx responses
+ */
+export async function benchHttp(libraryUrl: string, settings: LoadSettings, progress: (line: string) => void): Promise<Record<VariantId, VariantRuns>> {
+  const servers: { readonly id: VariantId; readonly child: ChildProcess; readonly port: number }[] = [];
+  try {
+    const started = await Promise.allSettled(variants.map(async ({ id }) => ({ id, ...(await startChild<ServerReady>('servers.ts', [id, libraryUrl])) })));
+    for (const outcome of started) {
+      if (outcome.status === 'fulfilled') servers.push({ id: outcome.value.id, child: outcome.value.child, port: outcome.value.message.port });
+    }
+    const failed = started.find((outcome) => outcome.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    for (const { port } of servers) await load(port, settings.connections, settings.warmupSeconds);
+    const runs = Object.fromEntries(variants.map(({ id }) => [id, { throughput: [], p99: [] }])) as unknown as Record<VariantId, VariantRuns>;
+    for (let round = 0; round < settings.rounds; round++) {
+      const first = round % servers.length;
+      const order = [...servers.slice(first), ...servers.slice(0, first)];
+      if (round % 2 === 1) order.reverse();
+      for (const { id, port } of order) {
+        const measured = await load(port, settings.connections, settings.seconds);
+        runs[id].throughput.push(measured.throughput);
+        runs[id].p99.push(measured.p99);
+        progress(`round ${round + 1}/${settings.rounds} ${id.padEnd(13)} ${measured.throughput.toFixed(0).padStart(6)} req/s  p99 ${measured.p99.toFixed(2)} ms`);
+      }
+    }
+    return runs;
+  } finally {
+    await Promise.all(servers.map(({ child }) => stopChild(child)));
+  }
+}
+
+/**
+ * Profiles one server variant under the same load as the benchmark, after a warm-up, and sums up
+ * the CPU time of its task code: the library's modules, the variant's own middleware and
+ * on-finished listener, and what they call, except what they call back into Express (`next()`
+ * leads on to the route and `res.send('ok')`, which every variant runs alike).
+ * @param libraryUrl - the compiled library, from `buildLibrary()`
+ * @param id - the variant
+ * @param settings - connections and durations
+ * @return the server's CPU time, the task code's share of it and its heaviest functions
+ */
+export async function profileServer(libraryUrl: string, id: VariantId, settings: LoadSettings): Promise<ProfileSummary> {
+  const { child, message } = await startChild<ServerReady>('servers.ts', [id, libraryUrl]);
+  try {
+    await load(message.port, settings.connections, settings.warmupSeconds);
+    await request(child, 'start-profile');
+    await load(message.port, settings.connections, settings.profileSeconds);
+    const profile = await request<CpuProfile>(child, 'stop-profile');
+    const libraryDirectory = new URL('.', libraryUrl).href;
+    return summarizeProfile(profile, (frame) => frame.url.startsWith(libraryDirectory) || classifyVariantFrame(frame));
+  } finally {
+    await stopChild(child);
+  }
+}
+
+/** The URL profiles give the server variants' module. */
+const serversUrl = new URL('servers.ts', import.meta.url).href;
+
+/** Where Express and its router live; task code calling into them is calling back into Express. */
+const express = /\/node_modules\/(express|router)\//;
+
+/**
+ * @return `true` for the named functions of `bench/servers.ts` other than the route, `false` for
+ *   the route and for Express, `undefined` for the rest
+ */
+function classifyVariantFrame(frame: CallFrame): boolean | undefined {
+  if (frame.url === serversUrl && frame.functionName !== '') return frame.functionName !== 'sendOk';
+  return express.test(frame.url) ? false : undefined;
+}
+
+/**
+ * Runs autocannon against `http://127.0.0.1:<port>/`.
+ * Response times come from autocannon's per-response event rather than its histogram, which
+ * rounds them to whole milliseconds — too coarse to compare p99s within 5 %.
+ * @return requests per second and the p99 response time in ms
+ * @throws {Error} on connection errors, timeouts or non-2xx responses
+ */
+async function load(port: number, connections: number, seconds: number): Promise<{ throughput: number; p99: number }> {
+  const responseTimes: number[] = [];
+  const result = await new Promise<autocannon.Result>((resolve, reject) => {
+    const instance = autocannon({ url: `http://127.0.0.1:${port}/`, connections, duration: seconds }, (error: unknown, done) => {
+      if (error) reject(error instanceof Error ? error : new Error(String(error)));
+      else resolve(done);
+    });
+    instance.on('response', (_client, _status, _bytes, responseTime) => {
+      responseTimes.push(responseTime);
+    });
+  });
+  if (result.errors > 0 || result.non2xx > 0 || responseTimes.length === 0) {
+    throw new Error(`port ${port}: ${result.errors} errors, ${result.non2xx} non-2xx responses, ${responseTimes.length} responses`);
+  }
+  return { throughput: result.requests.total / result.duration, p99: percentile(responseTimes, 99) };
+}
