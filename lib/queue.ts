@@ -2,7 +2,7 @@ import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
 import { invalid } from './errors.js';
 import type { Runnable, Scheduler } from './scheduler.js';
-import { debug, runTask, Task, taskName } from './task.js';
+import { debug, runTask, Task, taskName, taskTracing } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -90,12 +90,14 @@ export class ResponseQueue implements TaskQueue, Runnable {
    */
   run(): void {
     const { settings } = this.#scheduler;
+    const traced = taskTracing.hasSubscribers;
+    const debugging = debug.enabled;
+    this.#onSettled ??= () => this.#settledAsync();
     for (let task = this.#head; task !== undefined; task = this.#head) {
       this.#head = task.next;
       if (this.#head === undefined) this.#tail = undefined;
       this.#size--;
-      this.#onSettled ??= () => this.#settledAsync();
-      if (!runTask(task, this.#req, settings, this.#onSettled)) return;
+      if (!runTask(task, this.#req, settings, this.#onSettled, traced, debugging)) return;
       this.#scheduler.settle(1);
     }
     this.#phase = 'idle';

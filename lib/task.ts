@@ -71,12 +71,21 @@ export function taskName(fn: { name: string }): string {
  * @param req - the request it belongs to, for `onError` and tracing
  * @param settings - the middleware's settings
  * @param settled - called once a task that returned a promise has settled or timed out
+ * @param traced - whether the tracing channel has subscribers (read once per run of the queue)
+ * @param debugging - whether `debug` is enabled (read once per run of the queue: its getter is not free)
  * @return true when the task settled synchronously (`settled` is then not called)
  * @internal
  */
-export function runTask(task: Task, req: Request, settings: Settings, settled: () => void): boolean {
-  const context = taskTracing.hasSubscribers ? { name: taskName(task.fn), req } : undefined;
-  const startedAt = debug.enabled ? started(task) : 0;
+export function runTask(
+  task: Task,
+  req: Request,
+  settings: Settings,
+  settled: () => void,
+  traced: boolean,
+  debugging: boolean,
+): boolean {
+  const context = traced ? { name: taskName(task.fn), req } : undefined;
+  const startedAt = debugging ? started(task) : 0;
   let result: unknown;
   try {
     result = context === undefined
