@@ -1,44 +1,56 @@
-// Feeds every background task's duration and outcome into prom-client, from the library's
-// diagnostics_channel: no wrapper around your tasks, no patch of the library.
+// Background-task metrics for prom-client, fed by the library's diagnostics_channel:
+// no wrapper around your tasks, no patch of the library. Call recordTaskMetrics() once at startup.
 import diagnostics from 'node:diagnostics_channel';
-import { Histogram, type Registry } from 'prom-client';
-import { TimeoutError, type TaskTraceContext } from '../lib/index.js';
+import { performance } from 'node:perf_hooks';
+import client from 'prom-client';
+import type { TaskTraceContext } from '../lib/index.js'; // in your app: 'express-background-tasks'
 
 /**
- * Starts recording `background_task_duration_seconds{task, outcome}` in `registry`.
- * outcome is `success`, `failure` or `timeout`.
+ * Records `background_task_duration_seconds{task, outcome}` (outcome: ok, error, timeout) and
+ * `background_task_failures_total{task, outcome}` in `registry`.
  * @return a function that stops recording
  */
-export function recordTaskMetrics(registry: Registry): () => void {
-  const duration = new Histogram({
+export function recordTaskMetrics(registry: client.Registry = client.register): () => void {
+  const taskDuration = new client.Histogram({
     name: 'background_task_duration_seconds',
-    help: 'Time background tasks took, by task name and outcome',
-    labelNames: ['task', 'outcome'],
+    help: 'Time from the start of a background task until it returned, settled or timed out',
+    labelNames: ['task', 'outcome'] as const,
+    registers: [registry],
+  });
+  const taskFailures = new client.Counter({
+    name: 'background_task_failures_total',
+    help: 'Background tasks that threw, rejected or timed out',
+    labelNames: ['task', 'outcome'] as const,
     registers: [registry],
   });
   const startedAt = new WeakMap<TaskTraceContext, number>();
-  const observe = (context: TaskTraceContext): void => {
-    const seconds = (performance.now() - (startedAt.get(context) ?? 0)) / 1000;
-    duration.observe({ task: context.name, outcome: outcomeOf(context) }, seconds);
+
+  const record = (context: TaskTraceContext): void => {
+    const start = startedAt.get(context);
+    if (start === undefined) return; // subscribed while this task was already running
+    startedAt.delete(context);
+    const outcome = !('error' in context)
+      ? 'ok'
+      // by name, not instanceof: holds even if both the ESM and the CJS build are loaded
+      : (context.error as Error | undefined)?.name === 'TimeoutError' ? 'timeout' : 'error';
+    taskDuration.observe({ task: context.name, outcome }, (performance.now() - start) / 1000);
+    if (outcome !== 'ok') taskFailures.inc({ task: context.name, outcome });
   };
   const subscribers = {
     start: (context: TaskTraceContext) => startedAt.set(context, performance.now()),
-    // A task that returned a promise ends at asyncEnd; any other task ends here.
-    end: (context: TaskTraceContext) => isThenable(context.result) || observe(context),
-    asyncStart() {},
-    asyncEnd: observe,
-    error() {},
+    // A sync task is over at `end`; one that returned a promise is over at `asyncEnd`.
+    end: (context: TaskTraceContext) => {
+      if ('error' in context || !returnedPromise(context)) record(context);
+    },
+    asyncStart: () => {},
+    asyncEnd: record,
+    error: () => {},
   };
   const channel = diagnostics.tracingChannel<unknown, TaskTraceContext>('express-background-tasks:task');
   channel.subscribe(subscribers);
   return () => channel.unsubscribe(subscribers);
 }
 
-function outcomeOf({ error }: TaskTraceContext): string {
-  if (error === undefined) return 'success';
-  return error instanceof TimeoutError ? 'timeout' : 'failure';
-}
-
-function isThenable(value: unknown): boolean {
-  return typeof (value as { then?: unknown } | null)?.then === 'function';
+function returnedPromise({ result }: TaskTraceContext): boolean {
+  return typeof (result as { then?: unknown } | null | undefined)?.then === 'function';
 }

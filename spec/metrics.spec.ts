@@ -36,10 +36,16 @@ describe('metrics through diagnostics_channel (examples/metrics.ts, as documente
       await server.close();
     }
     const metrics = await registry.getMetricsAsJSON();
-    const counts = metrics[0]?.values
-      .filter((value) => (value as { metricName?: string }).metricName === 'background_task_duration_seconds_count')
+    const durations = metrics
+      .find((metric) => metric.name === 'background_task_duration_seconds')
+      ?.values.filter((value) => (value as { metricName?: string }).metricName === 'background_task_duration_seconds_count')
       .map((value) => `${value.labels.task} ${value.labels.outcome} ${value.value}`)
       .sort();
-    assert.deepEqual(counts, ['chargeCard failure 1', 'resizeImage timeout 1', 'sendEmail success 1', 'syncCrm failure 1']);
+    assert.deepEqual(durations, ['chargeCard error 1', 'resizeImage timeout 1', 'sendEmail ok 1', 'syncCrm error 1']);
+    const failures = metrics
+      .find((metric) => metric.name === 'background_task_failures_total')
+      ?.values.map((value) => `${value.labels.task} ${value.labels.outcome} ${value.value}`)
+      .sort();
+    assert.deepEqual(failures, ['chargeCard error 1', 'resizeImage timeout 1', 'syncCrm error 1']);
   });
 });
