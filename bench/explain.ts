@@ -49,20 +49,17 @@ export function explainMisses(missed: readonly Target[], measurements: Measureme
 }
 
 /**
- * @return why a closed-loop load test ties latency to throughput, with this run's numbers
+ * @return the fixed-rate latencies, and why the full-load p99 is not the measure of delay
  */
 function latencyNote({ http }: Measurements, settings: LoadSettings): string[] {
-  const throughput = ratio(http.sleep.throughput, http.bare.throughput).median;
-  const p99 = median(http.sleep.p99);
+  const p99 = median(http.sleep.pacedP99);
   const lines = [
-    `Median p99: ${p99.toFixed(1)} ms with the 50 ms task, ${median(http.bare.p99).toFixed(1)} ms for bare Express. The load is closed-loop:`,
-    `each of the ${settings.connections} connections sends its next request when the previous answer has arrived, so latency ≈`,
-    `connections ÷ throughput. The 50 ms variant served ${formatValue(throughput, '×')} bare Express’s requests per second, which by itself`,
-    `predicts a p99 ${formatValue(1 / throughput, '×')} as long; measured: ${formatValue(ratio(http.sleep.p99, http.bare.p99).median, '×')}. The extra CPU per request (queuing the task`,
-    'and, 50 ms later, settling its timer and promise on the same event loop) lowers throughput, and a closed loop',
-    'turns lower throughput into longer latency.',
+    `Median p99 at the fixed rate: ${p99.toFixed(2)} ms with the 50 ms task, ${median(http.bare.pacedP99).toFixed(2)} ms for bare Express.`,
+    `At full load (${settings.connections} connections, closed loop) the p99s were ${median(http.sleep.p99).toFixed(1)} ms and ${median(http.bare.p99).toFixed(1)} ms: there, latency ≈`,
+    `connections ÷ throughput, and the 50 ms variant served ${formatValue(ratio(http.sleep.throughput, http.bare.throughput).median, '×')} bare Express's requests per second`,
+    '(its timer and promise per request cost CPU on the same event loop).',
   ];
-  if (p99 < 50) lines.push(`Responses do not wait for their task: 99 % took under ${p99.toFixed(1)} ms, less than the 50 ms the task sleeps.`);
+  if (p99 < 50) lines.push(`Responses do not wait for their task: 99 % took under ${p99.toFixed(2)} ms, less than the 50 ms the task sleeps.`);
   return [...lines, ''];
 }
 

@@ -1,4 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
+import { Agent, request as httpRequest } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import autocannon from 'autocannon';
 import { request, startChild, stopChild } from './child.js';
 import { summarizeProfile, type CallFrame, type CpuProfile, type ProfileSummary } from './profile.js';
@@ -16,6 +18,10 @@ export interface LoadSettings {
   readonly warmupSeconds: number;
   /** Seconds of load a server is profiled for, when a target it is part of was missed. */
   readonly profileSeconds: number;
+  /** Rounds of the fixed-rate latency comparison (bare Express, then the 50 ms task, alternating). */
+  readonly pacedRounds: number;
+  /** The fixed rate of that comparison, as a share of bare Express's median throughput. */
+  readonly pacedShare: number;
   /**
    * Rounds. Each runs every variant once, in the cycle of `variants` rotated by one place from the
    * previous round and walked backwards in every other round, so no variant keeps a favoured slot.
@@ -27,8 +33,10 @@ export interface LoadSettings {
 export interface VariantRuns {
   /** Requests per second. */
   readonly throughput: number[];
-  /** 99th percentile response time, ms. */
+  /** 99th percentile response time at full load, ms. */
   readonly p99: number[];
+  /** 99th percentile response time at the fixed rate, ms (only `bare` and `sleep`). */
+  readonly pacedP99: number[];
 }
 
 /**
@@ -50,7 +58,7 @@ export async function benchHttp(libraryUrl: string, settings: LoadSettings, prog
     const failed = started.find((outcome) => outcome.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
     for (const { port } of servers) await load(port, settings.connections, settings.warmupSeconds);
-    const runs = Object.fromEntries(variants.map(({ id }) => [id, { throughput: [], p99: [] }])) as unknown as Record<VariantId, VariantRuns>;
+    const runs = Object.fromEntries(variants.map(({ id }) => [id, { throughput: [], p99: [], pacedP99: [] }])) as unknown as Record<VariantId, VariantRuns>;
     for (let round = 0; round < settings.rounds; round++) {
       const first = round % servers.length;
       const order = [...servers.slice(first), ...servers.slice(0, first)];
@@ -60,6 +68,17 @@ export async function benchHttp(libraryUrl: string, settings: LoadSettings, prog
         runs[id].throughput.push(measured.throughput);
         runs[id].p99.push(measured.p99);
         progress(`round ${round + 1}/${settings.rounds} ${id.padEnd(13)} ${measured.throughput.toFixed(0).padStart(6)} req/s  p99 ${measured.p99.toFixed(2)} ms`);
+      }
+    }
+    // Under full load, latency only mirrors throughput (closed loop). At a fixed rate the server
+    // keeps up, so a response that waited for its task would show in the p99.
+    const rate = Math.round(settings.pacedShare * percentile(runs.bare.throughput, 50));
+    const paced = servers.filter(({ id }) => id === 'bare' || id === 'sleep');
+    for (let round = 0; round < settings.pacedRounds; round++) {
+      for (const { id, port } of round % 2 === 0 ? paced : [...paced].reverse()) {
+        const p99 = await pacedP99(port, settings.connections, settings.seconds * 2, rate);
+        runs[id].pacedP99.push(p99);
+        progress(`paced ${round + 1}/${settings.pacedRounds} ${id.padEnd(13)} ${rate} req/s offered  p99 ${p99.toFixed(2)} ms`);
       }
     }
     return runs;
@@ -108,7 +127,48 @@ function classifyVariantFrame(frame: CallFrame): boolean | undefined {
 }
 
 /**
- * Runs autocannon against `http://127.0.0.1:<port>/`.
+ * Sends `GET /` at an even `rate` (an open loop: each request leaves on schedule, whether or not
+ * earlier ones were answered) over up to `connections` keep-alive connections. autocannon's own
+ * rate limit sends each second's budget in one burst, which would measure full load again.
+ * @return the p99 response time in ms, from each request's scheduled start
+ * @throws {Error} on a failed request or a non-2xx response
+ */
+async function pacedP99(port: number, connections: number, seconds: number, rate: number): Promise<number> {
+  const agent = new Agent({ keepAlive: true, maxSockets: connections });
+  const responseTimes: number[] = [];
+  const total = Math.round(rate * seconds);
+  const startedAt = performance.now();
+  const inFlight: Promise<void>[] = [];
+  try {
+    for (let sent = 0; sent < total;) {
+      const due = Math.min(total, Math.floor(((performance.now() - startedAt) / 1000) * rate));
+      for (; sent < due; sent++) {
+        const scheduledAt = startedAt + (sent / rate) * 1000;
+        inFlight.push(get(port, agent).then(() => {
+          responseTimes.push(performance.now() - scheduledAt);
+        }));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    await Promise.all(inFlight);
+  } finally {
+    agent.destroy();
+  }
+  return percentile(responseTimes, 99);
+}
+
+/** One `GET /` over `agent`; rejects on an error or a non-2xx status. */
+function get(port: number, agent: Agent): Promise<void> {
+  return new Promise((resolve, reject) => {
+    httpRequest({ host: '127.0.0.1', port, path: '/', agent }, (response) => {
+      response.resume();
+      response.on('end', () => ((response.statusCode ?? 0) < 300 ? resolve() : reject(new Error(`status ${response.statusCode}`))));
+    }).on('error', reject).end();
+  });
+}
+
+/**
+ * Runs autocannon against `http://127.0.0.1:<port>/` as fast as the server answers.
  * Response times come from autocannon's per-response event rather than its histogram, which
  * rounds them to whole milliseconds — too coarse to compare p99s within 5 %.
  * @return requests per second and the p99 response time in ms

@@ -94,7 +94,7 @@ function httpSection({ settings, measurements: { http } }: PageInput): string[] 
     'other, then summed up over the rounds. Latencies are every response\'s own time (autocannon\'s histogram rounds to',
     'whole milliseconds).',
     '',
-    table(['Variant', 'req/s (median)', '÷ bare Express', 'Confidence interval', 'p99 latency (median)'], variants.map(({ id, label }) => {
+    table(['Variant', 'req/s (median)', '÷ bare Express', 'Confidence interval', 'p99 latency at full load (median)'], variants.map(({ id, label }) => {
       const toBare = ratio(http[id].throughput, http.bare.throughput);
       return [
         label,
@@ -108,6 +108,12 @@ function httpSection({ settings, measurements: { http } }: PageInput): string[] 
     'The hand-rolled variants are what a user would write without the library: a middleware that puts an array on',
     '`res.locals`, registers `onFinished(res, …)` and awaits each function in a loop with `try`/`catch`. The empty',
     'middleware (`(req, res, next) => next()`) shows what Express charges for any one more middleware.',
+    '',
+    `Whether tasks delay responses is measured apart, at a fixed rate the server keeps up with: ${Math.round(settings.pacedShare * 100)} % of bare`,
+    `Express's median throughput, sent evenly (open loop, from \`bench/http.ts\`, over up to ${settings.connections} keep-alive connections) for ${settings.seconds * 2} s`,
+    `to bare Express and to the 50 ms-task server in turn, ${settings.pacedRounds} rounds. Median p99: ${median(http.bare.pacedP99).toFixed(2)} ms bare,`,
+    `${median(http.sleep.pacedP99).toFixed(2)} ms with the 50 ms task.`,
+    '(Under full load a closed loop turns any CPU cost into latency, so the full-load p99 mirrors throughput.)',
     '',
   ];
 }

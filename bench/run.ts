@@ -17,7 +17,7 @@ import { evaluateTargets, type Target } from './targets.js';
 import { variants, type VariantId } from './variants.js';
 
 /** Sized so that the whole run stays under three minutes on a 2-core machine. */
-const settings: LoadSettings = { connections: 50, seconds: 1, warmupSeconds: 1, rounds: 12, profileSeconds: 1.5 };
+const settings: LoadSettings = { connections: 50, seconds: 1, warmupSeconds: 1, rounds: 12, profileSeconds: 1.5, pacedRounds: 4, pacedShare: 0.25 };
 
 const startedAt = performance.now();
 log('building lib/ (tsconfig.build.json) into .tmp/bench/dist');

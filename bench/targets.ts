@@ -60,8 +60,8 @@ export function evaluateTargets({ http, queue, memory }: Measurements): Target[]
       measured: ratio(queue.sync.library, queue.sync.plainLoop), goal: { bound: 'at least', value: 0.5 },
     }),
     judge({
-      id: 'p99', label: '50 ms task ÷ bare Express (p99 latency)', unit: '×', servers: ['sleep', 'bare'],
-      measured: ratio(http.sleep.p99, http.bare.p99), goal: { bound: 'at most', value: 1.05 },
+      id: 'p99', label: '50 ms task ÷ bare Express (p99 latency at a fixed rate)', unit: '×', servers: ['sleep', 'bare'],
+      measured: ratio(http.sleep.pacedP99, http.bare.pacedP99), goal: { bound: 'at most', value: 1.05 },
     }),
     judge({
       id: 'memory', label: 'heap per queued task, no arguments', unit: 'bytes',
