@@ -11,7 +11,8 @@ import { debug } from './task.js';
 export interface BackgroundTasksMiddleware extends RequestHandler {
   /**
    * Resolves once no task of any response is queued or running, counting tasks added while it
-   * waits. Resolves at once when idle. Stop accepting requests first (`server.close()`).
+   * waits. Resolves at once when idle. A task that timed out no longer counts, though its work may
+   * go on. Stop accepting requests first (`server.close()`).
    */
   drain(): Promise<void>;
   /** Tasks queued or running, across all responses served by this middleware. */

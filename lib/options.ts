@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import type { Request } from 'express';
 import { invalid } from './errors.js';
 
@@ -22,7 +23,8 @@ export interface BackgroundTasksOptions {
   readonly timeout?: number | undefined;
   /**
    * Tasks that may run at once across all responses served by this middleware; the rest wait in
-   * FIFO order. The tasks of one response always run one at a time.
+   * FIFO order. The tasks of one response always run one at a time. A task that timed out no
+   * longer counts, though its work may go on.
    * @default Infinity
    */
   readonly concurrency?: number | undefined;
@@ -102,7 +104,7 @@ function checkTimeout(value: unknown): number {
   if (typeof value !== 'number') {
     throw new TypeError(invalid('timeout', 'a number of milliseconds', value));
   }
-  if (value !== Infinity && !(value > 0 && value <= MAX_TIMEOUT)) {
+  if (value !== Infinity && !(value >= 1 && value <= MAX_TIMEOUT)) {
     throw new RangeError(invalid('timeout', `a number of milliseconds from 1 to ${MAX_TIMEOUT}, or Infinity`, value));
   }
   return value;
@@ -133,10 +135,15 @@ function reportToStderr(error: unknown, info: TaskInfo): void {
 }
 
 /**
- * @return the error's stack, or the thrown value as text when it is not an Error
+ * @return the error's stack, or the thrown value as text when it is not an Error. Never throws,
+ *   whatever was thrown (`Object.create(null)`, a throwing `toString`, a revoked proxy).
  * @internal
  */
 export function describeError(error: unknown): string {
-  if (error instanceof Error && error.stack !== undefined) return error.stack;
-  return String(error);
+  try {
+    if (error instanceof Error && typeof error.stack === 'string') return error.stack;
+    return typeof error === 'object' && error !== null ? inspect(error, { depth: 1 }) : String(error);
+  } catch {
+    return `a thrown ${typeof error} that cannot be shown`;
+  }
 }

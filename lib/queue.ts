@@ -12,7 +12,7 @@ export interface TaskQueue {
   /**
    * Queues `fn(...args)` to run after the response has been flushed, after the tasks queued before it.
    * The arguments are type-checked against `fn`.
-   * @param fn - a function, sync or async
+   * @param fn - a function, sync or async; called with `this` undefined, so bind methods first
    * @param args - the arguments to call it with
    * @return this queue, for chaining
    * @throws {TypeError} when `fn` is not a function
@@ -20,7 +20,7 @@ export interface TaskQueue {
    * @example
    * res.locals.tasks.add(sendConfirmationEmail, req.params.id);
    */
-  add<A extends unknown[]>(fn: (...args: A) => unknown, ...args: A): this;
+  add<A extends unknown[]>(fn: (this: void, ...args: A) => unknown, ...args: A): this;
   /** Tasks of this response that have not started yet. */
   readonly size: number;
 }
@@ -57,7 +57,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
     return this.#size;
   }
 
-  add<A extends unknown[]>(fn: (...args: A) => unknown, ...args: A): this {
+  add<A extends unknown[]>(fn: (this: void, ...args: A) => unknown, ...args: A): this {
     if (typeof fn !== 'function') {
       throw new TypeError(invalid('fn', 'a function', fn));
     }
@@ -138,7 +138,28 @@ export class ResponseQueue implements TaskQueue, Runnable {
  * @private
  */
 function whenFlushed(res: Response, callback: () => void): void {
+  if (res.socket === null) callback = orOnConnectionClose(res, callback);
   if (!res.writableEnded) onFinished(res, callback);
   else if (res.writableFinished || res.destroyed) setImmediate(callback);
   else res.once('close', callback);
+}
+
+/**
+ * A pipelined response waits for the responses before it to release the socket. If the client
+ * goes away meanwhile, Node never gives it the socket nor emits its `close`: only the
+ * connection's `close` tells. Wraps `callback` to run once, on whichever comes first.
+ * @private
+ */
+function orOnConnectionClose(res: Response, callback: () => void): () => void {
+  const connection = res.req.socket;
+  let called = false;
+  const once = (): void => {
+    if (called) return;
+    called = true;
+    connection.removeListener('close', once);
+    callback();
+  };
+  if (connection.destroyed) setImmediate(once);
+  else connection.once('close', once);
+  return once;
 }

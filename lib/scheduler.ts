@@ -92,14 +92,17 @@ export class Scheduler {
   #startWaiting(): void {
     if (this.#starting) return;
     this.#starting = true;
-    while (this.#running < this.settings.concurrency && this.#waitingHead !== undefined) {
-      const queue = this.#waitingHead;
-      this.#waitingHead = queue.nextWaiting;
-      if (this.#waitingHead === undefined) this.#waitingTail = undefined;
-      queue.nextWaiting = undefined;
-      this.#running++;
-      queue.run();
+    try {
+      while (this.#running < this.settings.concurrency && this.#waitingHead !== undefined) {
+        const queue = this.#waitingHead;
+        this.#waitingHead = queue.nextWaiting;
+        if (this.#waitingHead === undefined) this.#waitingTail = undefined;
+        queue.nextWaiting = undefined;
+        this.#running++;
+        queue.run();
+      }
+    } finally {
+      this.#starting = false;
     }
-    this.#starting = false;
   }
 }

@@ -96,7 +96,7 @@ export function runTask(
       return true;
     }
   } catch (error) {
-    report(error, taskName(task.fn), req, settings);
+    task.runInAsyncScope(report, undefined, error, taskName(task.fn), req, settings);
     return true;
   }
   awaitTask(task, result, req, settings, context, startedAt, settled);
@@ -125,18 +125,21 @@ function awaitTask(
     }
     done = true;
     if (timer !== undefined) clearTimeout(timer);
-    if (context !== undefined) {
-      if (failed) {
-        context.error = outcome;
-        taskTracing.error.publish(context);
-      } else {
-        context.result = outcome;
+    // Subscribers and onError see the task's own async context, not the one that settled it.
+    task.runInAsyncScope(() => {
+      if (context !== undefined) {
+        if (failed) {
+          context.error = outcome;
+          taskTracing.error.publish(context);
+        } else {
+          context.result = outcome;
+        }
+        taskTracing.asyncStart.publish(context);
+        taskTracing.asyncEnd.publish(context);
       }
-      taskTracing.asyncStart.publish(context);
-      taskTracing.asyncEnd.publish(context);
-    }
-    if (failed) report(outcome, taskName(task.fn), req, settings);
-    else if (startedAt !== 0) debug('finished %s in %sms', taskName(task.fn), elapsed(startedAt));
+      if (failed) report(outcome, taskName(task.fn), req, settings);
+      else if (startedAt !== 0) debug('finished %s in %sms', taskName(task.fn), elapsed(startedAt));
+    });
     settled();
   };
   Promise.resolve(promise).then(
@@ -159,11 +162,12 @@ function traceCall(task: Task, context: TaskTraceContext): unknown {
 }
 
 /**
- * Hands a task's error to `onError`; an `onError` that throws is reported on stderr.
+ * Hands a task's error to `onError`; an `onError` that throws is reported on stderr. Never throws:
+ * it runs inside on-finished callbacks and the queue's loop.
  * @private
  */
 function report(error: unknown, name: string, req: Request, settings: Settings): void {
-  debug('failed %s: %s', name, error);
+  if (debug.enabled) debug('failed %s: %s', name, describeError(error));
   try {
     settings.onError(error, { name, req });
   } catch (onErrorFailure) {

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import type { ErrorRequestHandler } from 'express';
 import { backgroundTasks, type TaskInfo } from '../lib/index.js';
-import { captureStderr, expressVersions, listen, watchProcessFaults } from './support/http.js';
+import { captureStderr, delay, expressVersions, listen, watchProcessFaults } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: a failing task`, () => {
@@ -75,6 +76,76 @@ for (const [label, createApp] of expressVersions) {
         assert.equal(again.status, 200);
         await again.text();
         await tasks.drain();
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('survives thrown values that cannot be turned into text, and runs every task behind them', async () => {
+      const tasks = backgroundTasks();
+      const ran: string[] = [];
+      const unprintable = {
+        toString() {
+          throw new Error('no text for you');
+        },
+      };
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks
+          .add(function throwsBareObject() {
+            throw Object.create(null);
+          })
+          .add(() => ran.push('after the sync throw'))
+          .add(async function rejectsUnprintable() {
+            throw unprintable;
+          })
+          .add(() => ran.push('after the rejection'));
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        const stderr = await captureStderr(async () => {
+          await (await fetch(server.url)).text();
+          await tasks.drain();
+        });
+        assert.deepEqual(ran, ['after the sync throw', 'after the rejection']);
+        assert.match(stderr, /task throwsBareObject failed/);
+        assert.match(stderr, /task rejectsUnprintable failed/);
+        assert.equal(tasks.pending, 0);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it("calls onError in the failed task's own AsyncLocalStorage context, also with concurrency: 1", async () => {
+      const requestContext = new AsyncLocalStorage<string>();
+      const seen: string[] = [];
+      const tasks = backgroundTasks({
+        concurrency: 1,
+        onError: (_error, { req }) => seen.push(`${req.path} sees ${requestContext.getStore()}`),
+      });
+      const app = createApp();
+      app.use((req, _res, next) => requestContext.run(req.path, next));
+      app.use(tasks);
+      app.get('/:name', (_req, res) => {
+        res.locals.tasks
+          .add(async () => {
+            await delay(5);
+          })
+          .add(function failsNow() {
+            throw new Error('sync');
+          })
+          .add(async function failsLater() {
+            throw new Error('async');
+          });
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        await Promise.all(['/a', '/b'].map(async (path) => (await fetch(server.url + path)).text()));
+        await tasks.drain();
+        assert.deepEqual(seen.sort(), ['/a sees /a', '/a sees /a', '/b sees /b', '/b sees /b']);
       } finally {
         await server.close();
       }

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { once } from 'node:events';
+import net from 'node:net';
 import { describe, it } from 'node:test';
 import { backgroundTasks } from '../lib/index.js';
 import { abortedRequest, deferred, delay, expressVersions, listen } from './support/http.js';
@@ -60,6 +62,39 @@ for (const [label, createApp] of expressVersions) {
         await server.close();
       }
     });
+  });
+
+  describe(`${label}: pipelined requests`, () => {
+    for (const when of ['before', 'after'] as const) {
+      it(`runs the tasks (queued ${when} res.end()) of a pipelined response whose client left before it got the socket`, async () => {
+        const tasks = backgroundTasks();
+        const ran: string[] = [];
+        const queued = deferred();
+        const app = createApp();
+        app.use(tasks);
+        app.get('/slow', () => {
+          // never answers: the pipelined response behind it cannot get the socket
+        });
+        app.get('/fast', (_req, res) => {
+          if (when === 'before') res.locals.tasks.add(() => ran.push('fast task'));
+          res.send('fast');
+          if (when === 'after') res.locals.tasks.add(() => ran.push('fast task'));
+          queued.resolve();
+        });
+        const server = await listen(app);
+        try {
+          const socket = net.connect(server.port, '127.0.0.1');
+          await once(socket, 'connect');
+          socket.write('GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+          await queued.promise;
+          socket.resetAndDestroy();
+          await tasks.drain();
+          assert.deepEqual(ran, ['fast task']);
+        } finally {
+          await server.close();
+        }
+      });
+    }
   });
 
   describe(`${label}: drain() and pending`, () => {

@@ -12,6 +12,7 @@ describe('bad input is refused at once', () => {
     [{ timeout: 'soon' }, TypeError, 'Expected `timeout` to be a number of milliseconds, got `soon` (string)'],
     [{ timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, or Infinity, got `0` (number)'],
     [{ timeout: -5 }, RangeError, '`timeout`'],
+    [{ timeout: 0.5 }, RangeError, 'got `0.5` (number)'],
     [{ timeout: NaN }, RangeError, 'got `NaN` (number)'],
     [{ timeout: 2 ** 31 }, RangeError, '`timeout`'],
     [{ concurrency: 0 }, RangeError, 'Expected `concurrency` to be a positive integer or Infinity, got `0` (number)'],

@@ -5,6 +5,13 @@
 import express from 'express';
 import { backgroundTasks } from '../../lib/index.js';
 
+class Mailer {
+  from = 'noreply@example.com';
+  send(this: Mailer, to: string): void {
+    console.log(this.from, to);
+  }
+}
+
 function sendConfirmationEmail(id: number): void {
   console.log(id);
 }
@@ -27,6 +34,8 @@ app.post('/items/:id', (_req, res) => {
   queue.add(() => console.log('done'), 1);
   // @ts-expect-error -- not a function
   queue.add(123);
+  // @ts-expect-error -- a method that needs its `this`: tasks are called with `this` undefined
+  queue.add(new Mailer().send, 'user@example.com');
   // @ts-expect-error -- `size` is read-only
   queue.size = 0;
   res.end();

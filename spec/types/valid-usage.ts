@@ -25,6 +25,14 @@ function refreshCache(): void {
   console.log('cache refreshed');
 }
 
+class Mailer {
+  from = 'noreply@example.com';
+  send(this: Mailer, to: string): void {
+    console.log(this.from, to);
+  }
+}
+const mailer = new Mailer();
+
 function reportTaskFailure(error: unknown, info: TaskInfo): void {
   const kind = error instanceof TimeoutError ? 'timed out' : 'failed';
   console.error(`task ${info.name} ${kind} (${info.req.method} ${info.req.originalUrl})`, error);
@@ -52,6 +60,7 @@ app.use(tasks);
 app.post('/items/:id', (req, res) => {
   const id = Number(req.params.id);
   res.locals.tasks.add((itemId: number) => console.log(itemId), 42);
+  res.locals.tasks.add(mailer.send.bind(mailer), 'user@example.com').add((to: string) => mailer.send(to), 'user@example.com');
   res.locals.tasks
     .add(sendConfirmationEmail, id)
     .add(recordAnalytics, 'item created', { id, path: req.path })
