@@ -24,7 +24,7 @@ export class QueueFullError extends Error {
 
 /**
  * Builds the one message format used for every invalid argument or option:
- * ``Expected `timeout` to be a positive number, got `soon` (string)``.
+ * ``Expected `timeout` to be a number of milliseconds, got `soon` (string)``.
  * @param name - the argument or option, as the user wrote it
  * @param expectation - what it should have been
  * @param value - what it was

@@ -61,7 +61,11 @@ export class Task extends AsyncResource {
  * @internal
  */
 export function taskName(fn: { name: string }): string {
-  return fn.name || 'anonymous';
+  try {
+    return String(fn.name) || 'anonymous';
+  } catch {
+    return 'anonymous'; // a `name` getter that throws must not stop the queue
+  }
 }
 
 /**
