@@ -3,7 +3,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import type { ErrorRequestHandler } from 'express';
 import { backgroundTasks, type TaskInfo } from '../lib/index.js';
-import { captureStderr, delay, expressVersions, listen, watchProcessFaults } from './support/http.js';
+import { captureStderr, deferred, expressVersions, listen, trackResponses, watchProcessFaults } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: a failing task`, () => {
@@ -121,17 +121,19 @@ for (const [label, createApp] of expressVersions) {
     it("calls onError in the failed task's own AsyncLocalStorage context, also with concurrency: 1", async () => {
       const requestContext = new AsyncLocalStorage<string>();
       const seen: string[] = [];
+      const bothAnswered = deferred();
       const tasks = backgroundTasks({
         concurrency: 1,
         onError: (_error, { req }) => seen.push(`${req.path} sees ${requestContext.getStore()}`),
       });
       const app = createApp();
+      const responses = trackResponses(app);
       app.use((req, _res, next) => requestContext.run(req.path, next));
       app.use(tasks);
       app.get('/:name', (_req, res) => {
         res.locals.tasks
           .add(async () => {
-            await delay(5);
+            await bothAnswered.promise;
           })
           .add(function failsNow() {
             throw new Error('sync');
@@ -144,6 +146,9 @@ for (const [label, createApp] of expressVersions) {
       const server = await listen(app);
       try {
         await Promise.all(['/a', '/b'].map(async (path) => (await fetch(server.url + path)).text()));
+        // The second queue waits for the slot, and will start from the first queue's settling.
+        assert.equal(await responses.closed(), 2);
+        bothAnswered.resolve();
         await tasks.drain();
         assert.deepEqual(seen.sort(), ['/a sees /a', '/a sees /a', '/b sees /b', '/b sees /b']);
       } finally {

@@ -3,15 +3,15 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { once } from 'node:events';
 import net from 'node:net';
 import { describe, it } from 'node:test';
-import { backgroundTasks } from '../lib/index.js';
-import { abortedRequest, deferred, delay, expressVersions, listen } from './support/http.js';
+import { backgroundTasks, type TaskQueue } from '../lib/index.js';
+import { abortedRequest, deferred, delay, expressVersions, listen, trackResponses } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: nothing queued is lost`, () => {
-    it('runs tasks added after the response finished, and tasks added by a running task', async () => {
+    it('runs tasks added by a running task, and tasks added after the response finished and its queue ran dry', async () => {
       const tasks = backgroundTasks();
       const log: string[] = [];
-      const lateAdded = deferred();
+      const queueOfResponse = deferred<TaskQueue>();
       const app = createApp();
       app.use(tasks);
       app.get('/', (_req, res) => {
@@ -21,17 +21,17 @@ for (const [label, createApp] of expressVersions) {
           queue.add(() => log.push('added by first'));
         });
         res.send('ok');
-        res.on('finish', () => {
-          setTimeout(() => {
-            queue.add(() => log.push('added after finish'));
-            lateAdded.resolve();
-          }, 20);
-        });
+        queueOfResponse.resolve(queue);
       });
       const server = await listen(app);
       try {
         await (await fetch(server.url)).text();
-        await lateAdded.promise;
+        await tasks.drain();
+        assert.deepEqual(log, ['first', 'added by first']);
+        (await queueOfResponse.promise).add(async () => {
+          log.push('added after finish');
+        });
+        assert.equal(tasks.pending, 1);
         await tasks.drain();
         assert.deepEqual(log, ['first', 'added by first', 'added after finish']);
       } finally {
@@ -42,6 +42,7 @@ for (const [label, createApp] of expressVersions) {
     it('runs the tasks of a handler whose client disconnected before the response', async () => {
       const tasks = backgroundTasks();
       const ran: string[] = [];
+      const handlerEntered = deferred();
       const handlerDone = deferred();
       const app = createApp();
       app.use(tasks);
@@ -51,10 +52,11 @@ for (const [label, createApp] of expressVersions) {
           res.locals.tasks.add(() => ran.push('queued after the disconnect'));
           handlerDone.resolve();
         });
+        handlerEntered.resolve();
       });
       const server = await listen(app);
       try {
-        await abortedRequest(server.port, '/slow');
+        await abortedRequest(server.port, '/slow', handlerEntered.promise);
         await handlerDone.promise;
         await tasks.drain();
         assert.deepEqual(ran, ['queued before the disconnect', 'queued after the disconnect']);
@@ -128,6 +130,7 @@ for (const [label, createApp] of expressVersions) {
         const drains = [tasks.drain(), tasks.drain()];
         let drained = false;
         void drains[0]?.then(() => (drained = true));
+        // A window in which drain() must NOT resolve: the first task waits for `release`.
         await delay(20);
         assert.equal(drained, false, 'drain() resolved while a task was still running');
         assert.equal(tasks.pending, 2);
@@ -144,8 +147,9 @@ for (const [label, createApp] of expressVersions) {
   describe(`${label}: runOn`, () => {
     it("with runOn: 'success', drops the queue of a response with status >= 400, including later adds", async () => {
       const tasks = backgroundTasks({ runOn: 'success' });
+      const statuses = [500, 404, 201];
       const ran: string[] = [];
-      const lateAdded = deferred();
+      const lateAdded = new Map(statuses.map((status) => [status, deferred()]));
       const app = createApp();
       app.use(tasks);
       app.get('/:status', (req, res) => {
@@ -155,16 +159,16 @@ for (const [label, createApp] of expressVersions) {
         res.on('close', () => {
           setImmediate(() => {
             res.locals.tasks.add(() => ran.push(`late task of ${status}`));
-            lateAdded.resolve();
+            lateAdded.get(status)?.resolve();
           });
         });
       });
       const server = await listen(app);
       try {
-        for (const status of [500, 404, 201]) {
+        for (const status of statuses) {
           await (await fetch(`${server.url}/${status}`)).text();
         }
-        await lateAdded.promise;
+        await Promise.all([...lateAdded.values()].map(({ promise }) => promise));
         await tasks.drain();
         assert.deepEqual(ran.sort(), ['late task of 201', 'task of 201']);
         assert.equal(tasks.pending, 0);
@@ -194,37 +198,44 @@ for (const [label, createApp] of expressVersions) {
   });
 
   describe(`${label}: request context`, () => {
-    it('runs each task in the AsyncLocalStorage context of its add() call', async () => {
-      const requestContext = new AsyncLocalStorage<string>();
-      const tasks = backgroundTasks();
-      const seen: [string, string | undefined][] = [];
-      const bothArrived = deferred();
-      let arrived = 0;
-      const app = createApp();
-      app.use((req, _res, next) => requestContext.run(req.path, next));
-      app.use(tasks);
-      app.get('/:user', async (req, res) => {
-        if (++arrived === 2) bothArrived.resolve();
-        await bothArrived.promise;
-        const report = (expected: string): void => {
-          seen.push([expected, requestContext.getStore()]);
-        };
-        res.locals.tasks.add(report, req.path).add(async (expected: string) => {
-          await delay(5);
-          report(expected);
-        }, req.path);
-        res.send('ok');
+    for (const concurrency of [Infinity, 1]) {
+      it(`runs each task in the AsyncLocalStorage context of its add() call (concurrency: ${concurrency})`, async () => {
+        const requestContext = new AsyncLocalStorage<string>();
+        const tasks = backgroundTasks({ concurrency });
+        const seen: [string, string | undefined][] = [];
+        const bothAnswered = deferred();
+        const app = createApp();
+        const responses = trackResponses(app);
+        app.use((req, _res, next) => requestContext.run(req.path, next));
+        app.use(tasks);
+        app.get('/:user', (req, res) => {
+          const report = (expected: string): void => {
+            seen.push([expected, requestContext.getStore()]);
+          };
+          res.locals.tasks
+            .add(report, req.path)
+            .add(async (expected: string) => {
+              await bothAnswered.promise;
+              report(expected);
+            }, req.path)
+            .add(report, req.path);
+          res.send('ok');
+        });
+        const server = await listen(app);
+        try {
+          await Promise.all(['/alice', '/bob'].map(async (path) => (await fetch(server.url + path)).text()));
+          // With concurrency: 1 the second queue now waits for the first, and starts from its last
+          // task's settling: only the context bound at add() can tell it whose request it serves.
+          assert.equal(await responses.closed(), 2);
+          bothAnswered.resolve();
+          await tasks.drain();
+          assert.equal(seen.length, 6);
+          for (const [expected, store] of seen) assert.equal(store, expected);
+        } finally {
+          await server.close();
+        }
       });
-      const server = await listen(app);
-      try {
-        await Promise.all(['/alice', '/bob'].map(async (path) => (await fetch(server.url + path)).text()));
-        await tasks.drain();
-        assert.equal(seen.length, 4);
-        for (const [expected, store] of seen) assert.equal(store, expected);
-      } finally {
-        await server.close();
-      }
-    });
+    }
   });
 }
 

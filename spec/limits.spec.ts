@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { backgroundTasks, QueueFullError, TimeoutError, type TaskInfo } from '../lib/index.js';
-import { deferred, delay, expressVersions, listen } from './support/http.js';
+import { deferred, delay, expressVersions, listen, trackResponses } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: timeout`, () => {
@@ -42,16 +42,19 @@ for (const [label, createApp] of expressVersions) {
   describe(`${label}: concurrency`, () => {
     it('runs at most `concurrency` tasks at once across responses, each response in order', async () => {
       const tasks = backgroundTasks({ concurrency: 2 });
+      const gate = deferred();
       let running = 0;
       let mostAtOnce = 0;
       const order = new Map<number, number[]>();
       const work = async (request: number, position: number): Promise<void> => {
         mostAtOnce = Math.max(mostAtOnce, ++running);
-        await delay(5);
+        await gate.promise;
+        await delay(2);
         order.set(request, [...(order.get(request) ?? []), position]);
         running--;
       };
       const app = createApp();
+      const responses = trackResponses(app);
       app.use(tasks);
       app.get('/:n', (req, res) => {
         const n = Number(req.params.n);
@@ -62,6 +65,11 @@ for (const [label, createApp] of expressVersions) {
       try {
         const requests = [0, 1, 2, 3, 4, 5];
         await Promise.all(requests.map(async (n) => (await fetch(`${server.url}/${n}`)).text()));
+        // Every response is flushed and every queue wants a slot; the tasks holding one wait at the gate.
+        assert.equal(await responses.closed(), 6);
+        assert.equal(running, 2);
+        assert.equal(tasks.pending, 18);
+        gate.resolve();
         await tasks.drain();
         assert.equal(mostAtOnce, 2);
         for (const n of requests) assert.deepEqual(order.get(n), [1, 2, 3]);
@@ -79,6 +87,7 @@ for (const [label, createApp] of expressVersions) {
         log.push(name);
       };
       const app = createApp();
+      const responses = trackResponses(app);
       app.use(tasks);
       app.get('/:name', (req, res) => {
         const name = req.params.name as string;
@@ -88,8 +97,10 @@ for (const [label, createApp] of expressVersions) {
       const server = await listen(app);
       try {
         for (const name of ['a', 'b', 'c']) await (await fetch(`${server.url}/${name}`)).text();
-        await delay(20);
+        // a1 holds the slot at the gate; b and c have been flushed and wait for it, in that order.
+        assert.equal(await responses.closed(), 3);
         assert.equal(tasks.pending, 6);
+        assert.deepEqual(log, []);
         gate.resolve();
         await tasks.drain();
         assert.deepEqual(log, ['a1', 'b1', 'c1', 'a2', 'b2', 'c2']);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { Agent } from 'node:http';
 import { describe, it } from 'node:test';
-import type { Request } from 'express';
+import type { Request, Response } from 'express';
 import { Router } from 'express';
 import { backgroundTasks } from '../lib/index.js';
 import { delay, deferred, expressVersions, get, listen } from './support/http.js';
@@ -92,19 +92,19 @@ for (const [label, createApp] of expressVersions) {
       }
     });
 
-    it('keeps each response\'s tasks to that response under 50 concurrent requests', async () => {
+    it('keeps each response\'s tasks to that response, after its own flush, under 50 concurrent requests', async () => {
       const tasks = backgroundTasks();
-      const ran = new Map<string, number[]>();
-      const record = async (id: string, position: number, req: Request): Promise<void> => {
-        assert.equal(req.params.id, id);
+      const ran = new Map<string, string[]>();
+      const record = async (id: string, position: number, req: Request, res: Response): Promise<void> => {
+        const flushed = res.writableFinished;
         await delay(Math.random() * 5);
-        ran.set(id, [...(ran.get(id) ?? []), position]);
+        ran.set(id, [...(ran.get(id) ?? []), `${position} of ${req.params.id}${flushed ? '' : ', started before its flush'}`]);
       };
       const app = createApp();
       app.use(tasks);
       app.get('/r/:id', (req, res) => {
         const id = req.params.id as string;
-        res.locals.tasks.add(record, id, 0, req).add(record, id, 1, req).add(record, id, 2, req);
+        res.locals.tasks.add(record, id, 0, req, res).add(record, id, 1, req, res).add(record, id, 2, req, res);
         setTimeout(() => res.send(id), Math.random() * 5);
       });
       const server = await listen(app);
@@ -115,32 +115,38 @@ for (const [label, createApp] of expressVersions) {
         assert.deepEqual(bodies, ids);
         await tasks.drain();
         assert.equal(ran.size, 50);
-        for (const id of ids) assert.deepEqual(ran.get(id), [0, 1, 2], `tasks of request ${id}`);
+        for (const id of ids) assert.deepEqual(ran.get(id), [0, 1, 2].map((position) => `${position} of ${id}`), `tasks of request ${id}`);
       } finally {
         agent.destroy();
         await server.close();
       }
     });
 
-    it('runs each task once when the middleware is mounted on the app and on a router', async () => {
+    it('runs each task once when the middleware is mounted on the app and on a router; the first mounted owns the queue', async () => {
       const tasks = backgroundTasks();
       const other = backgroundTasks();
+      const release = deferred();
       let runs = 0;
       const app = createApp();
       const router = Router();
       app.use(tasks);
       router.use(tasks, other);
       router.get('/', (_req, res) => {
-        res.locals.tasks.add(() => runs++);
-        res.send('ok');
+        res.locals.tasks.add(async () => {
+          await release.promise;
+          runs++;
+        });
+        res.json({ pending: tasks.pending, pendingOfOther: other.pending });
       });
       app.use('/router', router);
       const server = await listen(app);
       try {
-        await (await fetch(`${server.url}/router`)).text();
+        const counts: unknown = await (await fetch(`${server.url}/router`)).json();
+        assert.deepEqual(counts, { pending: 1, pendingOfOther: 0 }, 'the task went to the queue of the first middleware mounted');
+        release.resolve();
         await tasks.drain();
         assert.equal(runs, 1);
-        assert.equal(other.pending, 0, 'the first middleware mounted owns the queue');
+        assert.equal(other.pending, 0);
       } finally {
         await server.close();
       }

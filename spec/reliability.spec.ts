@@ -169,7 +169,7 @@ describe('reliability (express 5, loopback, bounded)', { timeout: 120_000 }, () 
       t.diagnostic(`shutdown: ${report.answered} answered, ${report.pendingAtSigterm} pending at SIGTERM, ${report.completed} completed before exit`);
       assert.equal(code, 0);
       assert.equal(bodies.length, 200);
-      assert.ok(report.pendingAtSigterm > 0, 'SIGTERM came while tasks were still pending');
+      assert.ok(report.pendingAtSigterm >= 100, 'SIGTERM came while the tasks of odd requests were still pending');
       assert.equal(report.completed, report.answered);
       assert.equal(report.answered, 200);
     } finally {

@@ -46,6 +46,25 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T)
   return { promise, resolve };
 }
 
+/**
+ * Mount first: `closed()` resolves, with their count, once all the responses `app` has begun so far
+ * have emitted 'close' on the server, which Node does after 'finish' (every byte handed to the OS)
+ * or when the connection drops. Await it, not a sleep, when a spec needs the server side done.
+ */
+export function trackResponses(app: Express): { closed(): Promise<number> } {
+  const closing: Promise<unknown>[] = [];
+  app.use((_req, res, next) => {
+    closing.push(once(res, 'close'));
+    next();
+  });
+  return {
+    async closed() {
+      await Promise.all(closing);
+      return closing.length;
+    },
+  };
+}
+
 /** Resolves after `ms`: only for waiting out a period in which something must NOT happen. */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -59,9 +78,13 @@ export async function rawRequest(port: number, path: string, extraHeaders = ''):
   return socket;
 }
 
-/** Sends a request and resets the connection at once, before any response byte is read. */
-export async function abortedRequest(port: number, path: string): Promise<void> {
+/**
+ * Sends a request, waits until the handler has it (`handlerEntered`), then resets the connection
+ * before any response byte is read. Waiting first makes sure the server saw the request at all.
+ */
+export async function abortedRequest(port: number, path: string, handlerEntered: Promise<void>): Promise<void> {
   const socket = await rawRequest(port, path);
+  await handlerEntered;
   socket.resetAndDestroy();
   await once(socket, 'close');
 }
