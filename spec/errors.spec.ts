@@ -3,7 +3,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import type { ErrorRequestHandler } from 'express';
 import { backgroundTasks, type TaskInfo } from '../lib/index.js';
-import { captureStderr, deferred, expressVersions, listen, trackResponses, watchProcessFaults } from './support/http.js';
+import { captureStderr, deferred, expressVersions, trackResponses, watchProcessFaults, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: a failing task`, () => {
@@ -40,8 +40,7 @@ for (const [label, createApp] of expressVersions) {
           .add(() => Promise.reject('a plain string'));
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(`${server.url}/fail?x=1`)).text();
         await tasks.drain();
         assert.deepEqual(ran, ['after the throw', 'after the rejection']);
@@ -50,9 +49,7 @@ for (const [label, createApp] of expressVersions) {
           { error: rejected, name: 'rejectsLater', url: '/fail?x=1' },
           { error: 'a plain string', name: 'anonymous', url: '/fail?x=1' },
         ]);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('writes the task name and the stack to stderr by default, and the server keeps serving', async () => {
@@ -65,8 +62,7 @@ for (const [label, createApp] of expressVersions) {
         });
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         const stderr = await captureStderr(async () => {
           await (await fetch(server.url)).text();
           await tasks.drain();
@@ -76,9 +72,7 @@ for (const [label, createApp] of expressVersions) {
         assert.equal(again.status, 200);
         await again.text();
         await tasks.drain();
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('survives thrown values that cannot be turned into text, and runs every task behind them', async () => {
@@ -103,8 +97,7 @@ for (const [label, createApp] of expressVersions) {
           .add(() => ran.push('after the rejection'));
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         const stderr = await captureStderr(async () => {
           await (await fetch(server.url)).text();
           await tasks.drain();
@@ -113,9 +106,7 @@ for (const [label, createApp] of expressVersions) {
         assert.match(stderr, /task throwsBareObject failed/);
         assert.match(stderr, /task rejectsUnprintable failed/);
         assert.equal(tasks.pending, 0);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it("calls onError in the failed task's own AsyncLocalStorage context, also with concurrency: 1", async () => {
@@ -143,17 +134,14 @@ for (const [label, createApp] of expressVersions) {
           });
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await Promise.all(['/a', '/b'].map(async (path) => (await fetch(server.url + path)).text()));
         // The second queue waits for the slot, and will start from the first queue's settling.
         assert.equal(await responses.closed(), 2);
         bothAnswered.resolve();
         await tasks.drain();
         assert.deepEqual(seen.sort(), ['/a sees /a', '/a sees /a', '/b sees /b', '/b sees /b']);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('contains an onError that throws, reports it on stderr, and runs the next task', async () => {
@@ -176,8 +164,7 @@ for (const [label, createApp] of expressVersions) {
           .add(() => ran.push('next'));
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         const stderr = await captureStderr(async () => {
           await (await fetch(server.url)).text();
           await tasks.drain();
@@ -186,9 +173,7 @@ for (const [label, createApp] of expressVersions) {
         assert.match(stderr, /onError threw while reporting task failing: Error: the logger is broken/);
         assert.match(stderr, /onError threw while reporting task failingLater: Error: the logger is broken/);
         assert.match(stderr, /the task's own error: Error: async task failure/);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('still runs the tasks of a response that ended in an error (next(err))', async () => {
@@ -206,17 +191,14 @@ for (const [label, createApp] of expressVersions) {
         res.status(500).send('failed');
       };
       app.use(handleError);
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         const response = await fetch(server.url);
         assert.equal(response.status, 500);
         await response.text();
         await tasks.drain();
         assert.deepEqual(ran, ['audit log']);
         assert.equal(reportedByExpress.length, 1);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 }

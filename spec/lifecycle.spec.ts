@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { describe, it } from 'node:test';
 import { backgroundTasks, type TaskQueue } from '../lib/index.js';
-import { abortedRequest, deferred, delay, expressVersions, listen, trackResponses } from './support/http.js';
+import { abortedRequest, deferred, delay, expressVersions, trackResponses, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: nothing queued is lost`, () => {
@@ -23,8 +23,7 @@ for (const [label, createApp] of expressVersions) {
         res.send('ok');
         queueOfResponse.resolve(queue);
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(server.url)).text();
         await tasks.drain();
         assert.deepEqual(log, ['first', 'added by first']);
@@ -34,9 +33,7 @@ for (const [label, createApp] of expressVersions) {
         assert.equal(tasks.pending, 1);
         await tasks.drain();
         assert.deepEqual(log, ['first', 'added by first', 'added after finish']);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('runs the tasks of a handler whose client disconnected before the response', async () => {
@@ -54,15 +51,12 @@ for (const [label, createApp] of expressVersions) {
         });
         handlerEntered.resolve();
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await abortedRequest(server.port, '/slow', handlerEntered.promise);
         await handlerDone.promise;
         await tasks.drain();
         assert.deepEqual(ran, ['queued before the disconnect', 'queued after the disconnect']);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 
@@ -83,8 +77,7 @@ for (const [label, createApp] of expressVersions) {
           if (when === 'after') res.locals.tasks.add(() => ran.push('fast task'));
           queued.resolve();
         });
-        const server = await listen(app);
-        try {
+        await withServer(app, async (server) => {
           const socket = net.connect(server.port, '127.0.0.1');
           await once(socket, 'connect');
           socket.write('GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
@@ -92,9 +85,7 @@ for (const [label, createApp] of expressVersions) {
           socket.resetAndDestroy();
           await tasks.drain();
           assert.deepEqual(ran, ['fast task']);
-        } finally {
-          await server.close();
-        }
+        });
       });
     }
   });
@@ -121,8 +112,7 @@ for (const [label, createApp] of expressVersions) {
         res.on('finish', () => responded.resolve());
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         assert.equal(tasks.pending, 0);
         await tasks.drain();
         await (await fetch(server.url)).text();
@@ -138,9 +128,7 @@ for (const [label, createApp] of expressVersions) {
         await Promise.all(drains);
         assert.deepEqual(log, ['first', 'second', 'added while draining']);
         assert.equal(tasks.pending, 0);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 
@@ -163,8 +151,7 @@ for (const [label, createApp] of expressVersions) {
           });
         });
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         for (const status of statuses) {
           await (await fetch(`${server.url}/${status}`)).text();
         }
@@ -172,9 +159,7 @@ for (const [label, createApp] of expressVersions) {
         await tasks.drain();
         assert.deepEqual(ran.sort(), ['late task of 201', 'task of 201']);
         assert.equal(tasks.pending, 0);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it("by default (runOn: 'always') runs the tasks of a 500 response", async () => {
@@ -186,14 +171,11 @@ for (const [label, createApp] of expressVersions) {
         res.locals.tasks.add(() => (ran = true));
         res.sendStatus(500);
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(server.url)).text();
         await tasks.drain();
         assert.equal(ran, true);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 
@@ -221,8 +203,7 @@ for (const [label, createApp] of expressVersions) {
             .add(report, req.path);
           res.send('ok');
         });
-        const server = await listen(app);
-        try {
+        await withServer(app, async (server) => {
           await Promise.all(['/alice', '/bob'].map(async (path) => (await fetch(server.url + path)).text()));
           // With concurrency: 1 the second queue now waits for the first, and starts from its last
           // task's settling: only the context bound at add() can tell it whose request it serves.
@@ -231,9 +212,7 @@ for (const [label, createApp] of expressVersions) {
           await tasks.drain();
           assert.equal(seen.length, 6);
           for (const [expected, store] of seen) assert.equal(store, expected);
-        } finally {
-          await server.close();
-        }
+        });
       });
     }
   });
@@ -256,13 +235,10 @@ describe('a response that queues nothing', () => {
     }, (_req, res) => {
       res.send('ok');
     });
-    const server = await listen(app);
-    try {
+    await withServer(app, async (server) => {
       await (await fetch(server.url)).text();
       const [before, after] = await listenerCounts.promise;
       assert.equal(after, before);
-    } finally {
-      await server.close();
-    }
+    });
   });
 });

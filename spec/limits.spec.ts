@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { backgroundTasks, QueueFullError, TimeoutError, type TaskInfo } from '../lib/index.js';
-import { deferred, delay, expressVersions, listen, trackResponses } from './support/http.js';
+import { deferred, delay, expressVersions, trackResponses, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: timeout`, () => {
@@ -22,8 +22,7 @@ for (const [label, createApp] of expressVersions) {
           .add(() => ran.push('after'));
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(server.url)).text();
         await tasks.drain();
         assert.deepEqual(ran, ['quick', 'after']);
@@ -33,9 +32,7 @@ for (const [label, createApp] of expressVersions) {
         assert.ok(error instanceof TimeoutError);
         assert.equal(error.name, 'TimeoutError');
         assert.match(error.message, /hangsForever.*50 ms/);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 
@@ -61,8 +58,7 @@ for (const [label, createApp] of expressVersions) {
         res.locals.tasks.add(work, n, 1).add(work, n, 2).add(work, n, 3);
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         const requests = [0, 1, 2, 3, 4, 5];
         await Promise.all(requests.map(async (n) => (await fetch(`${server.url}/${n}`)).text()));
         // Every response is flushed and every queue wants a slot; the tasks holding one wait at the gate.
@@ -73,9 +69,7 @@ for (const [label, createApp] of expressVersions) {
         await tasks.drain();
         assert.equal(mostAtOnce, 2);
         for (const n of requests) assert.deepEqual(order.get(n), [1, 2, 3]);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('lets waiting responses take turns in FIFO order with concurrency: 1', async () => {
@@ -94,8 +88,7 @@ for (const [label, createApp] of expressVersions) {
         res.locals.tasks.add(step, `${name}1`).add(step, `${name}2`);
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         for (const name of ['a', 'b', 'c']) await (await fetch(`${server.url}/${name}`)).text();
         // a1 holds the slot at the gate; b and c have been flushed and wait for it, in that order.
         assert.equal(await responses.closed(), 3);
@@ -104,9 +97,7 @@ for (const [label, createApp] of expressVersions) {
         gate.resolve();
         await tasks.drain();
         assert.deepEqual(log, ['a1', 'b1', 'c1', 'a2', 'b2', 'c2']);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 
@@ -127,17 +118,14 @@ for (const [label, createApp] of expressVersions) {
           res.status(503).send('busy');
         }
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         const response = await fetch(server.url);
         assert.equal(response.status, 503);
         await response.text();
         await tasks.drain();
         assert.deepEqual(ran, [1, 2], 'the two accepted tasks still run');
         assert.equal(tasks.pending, 0);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 }

@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import type { Request, Response } from 'express';
 import { Router } from 'express';
 import { backgroundTasks } from '../lib/index.js';
-import { delay, deferred, expressVersions, get, listen } from './support/http.js';
+import { deferred, delay, expressVersions, get, listen, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: ordering`, () => {
@@ -25,14 +25,11 @@ for (const [label, createApp] of expressVersions) {
         res.locals.tasks.add(step('a', 30)).add(syncStep('b')).add(step('c', 1)).add(syncStep('d')).add(step('e', 10));
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(server.url)).text();
         await tasks.drain();
         assert.deepEqual(log, ['a', 'b', 'c', 'd', 'e'].flatMap((name) => [`start ${name}`, `end ${name}`]));
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('runs consecutive sync tasks without a promise tick between them', async () => {
@@ -53,15 +50,12 @@ for (const [label, createApp] of expressVersions) {
           .add(() => seen.push(microtaskRan));
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(server.url)).text();
         await tasks.drain();
         assert.deepEqual(seen, [false, false]);
         assert.equal(microtaskRan, true);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('waits for a returned thenable that is not a native promise', async () => {
@@ -82,14 +76,11 @@ for (const [label, createApp] of expressVersions) {
           .add(() => log.push('next'));
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(server.url)).text();
         await tasks.drain();
         assert.deepEqual(log, ['thenable settled', 'next']);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('keeps each response\'s tasks to that response, after its own flush, under 50 concurrent requests', async () => {
@@ -139,17 +130,14 @@ for (const [label, createApp] of expressVersions) {
         res.json({ pending: tasks.pending, pendingOfOther: other.pending });
       });
       app.use('/router', router);
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         const counts: unknown = await (await fetch(`${server.url}/router`)).json();
         assert.deepEqual(counts, { pending: 1, pendingOfOther: 0 }, 'the task went to the queue of the first middleware mounted');
         release.resolve();
         await tasks.drain();
         assert.equal(runs, 1);
         assert.equal(other.pending, 0);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('runs the tasks of different responses independently of each other', async () => {
@@ -174,16 +162,13 @@ for (const [label, createApp] of expressVersions) {
         });
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(`${server.url}/slow`)).text();
         await slowStarted.promise;
         await (await fetch(`${server.url}/fast`)).text();
         await tasks.drain();
         assert.deepEqual(log, ['fast', 'slow']);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 }

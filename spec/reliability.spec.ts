@@ -9,7 +9,7 @@ import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import express from 'express';
 import { backgroundTasks, QueueFullError } from '../lib/index.js';
-import { deferred, get, listen, rawRequest, watchProcessFaults } from './support/http.js';
+import { deferred, get, listen, rawRequest, watchProcessFaults, withServer } from './support/http.js';
 
 const run = promisify(execFile);
 
@@ -44,17 +44,14 @@ describe('reliability (express 5, loopback, bounded)', { timeout: 120_000 }, () 
       }, Number(req.params.i));
       res.send('ok');
     });
-    const server = await listen(app);
-    try {
+    await withServer(app, async (server) => {
       const bodies = await load(2_000, 50, (i) => `${server.url}/${i}`);
       await tasks.drain();
       assert.equal(bodies.filter((body) => body === 'ok').length, 2_000);
       const ranOnce = runs.filter((count) => count === 1).length;
       t.diagnostic(`load: 2000 requests answered, ${ranOnce} tasks ran exactly once, ${2_000 - ranOnce} lost or repeated`);
       assert.equal(ranOnce, 2_000);
-    } finally {
-      await server.close();
-    }
+    });
   });
 
   it('runs the tasks of 20 requests whose clients reset the connection before reading the response', async (t) => {
@@ -69,8 +66,7 @@ describe('reliability (express 5, loopback, bounded)', { timeout: 120_000 }, () 
       res.on('close', () => res.end('too late'));
       entered[i]?.resolve();
     });
-    const server = await listen(app);
-    try {
+    await withServer(app, async (server) => {
       await Promise.all(entered.map(async (handlerEntered, i) => {
         const socket = await rawRequest(server.port, `/${i}`);
         await handlerEntered.promise;
@@ -80,9 +76,7 @@ describe('reliability (express 5, loopback, bounded)', { timeout: 120_000 }, () 
       await tasks.drain();
       t.diagnostic(`faults: 20 connections reset, ${ran.size} of their tasks ran`);
       assert.equal(ran.size, 20);
-    } finally {
-      await server.close();
-    }
+    });
   });
 
   it('keeps answering under load while tasks throw, reject and hang, and runs the tasks behind them', async (t) => {
@@ -142,8 +136,7 @@ describe('reliability (express 5, loopback, bounded)', { timeout: 120_000 }, () 
       }
       res.send('accepted');
     });
-    const server = await listen(app);
-    try {
+    await withServer(app, async (server) => {
       const bodies = await load(30, 30, (i) => `${server.url}/${i}`);
       const accepted = bodies.filter((body) => body === 'accepted').length;
       const refused = bodies.filter((body) => body === 'busy').length;
@@ -151,9 +144,7 @@ describe('reliability (express 5, loopback, bounded)', { timeout: 120_000 }, () 
       await tasks.drain();
       t.diagnostic(`backpressure: burst of 30, ${accepted} accepted, ${refused} refused with 503, ${ran} ran`);
       assert.deepEqual([accepted, refused, ran], [10, 20, 10]);
-    } finally {
-      await server.close();
-    }
+    });
   });
 
   it('completes every task of every answered request when SIGTERM drains before exit', async (t) => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, it } from 'node:test';
 import { backgroundTasks } from '../lib/index.js';
-import { delay, deferred, expressVersions, listen, rawRequest } from './support/http.js';
+import { deferred, delay, expressVersions, rawRequest, withServer } from './support/http.js';
 
 const LARGE_BODY = Buffer.alloc(32 * 1024 * 1024, 'x');
 
@@ -17,14 +17,11 @@ for (const [label, createApp] of expressVersions) {
         res.locals.tasks.add(sendConfirmationEmail, req.params.id as string);
         res.json({ id: req.params.id });
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         const response = await fetch(`${server.url}/items/42`, { method: 'POST' });
         assert.deepEqual(await response.json(), { id: '42' });
         assert.deepEqual(await emailed.promise, { id: '42', flushed: true });
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     for (const when of ['before', 'after'] as const) {
@@ -44,8 +41,7 @@ for (const [label, createApp] of expressVersions) {
           if (when === 'after') res.locals.tasks.add(task);
           sent.resolve();
         });
-        const server = await listen(app);
-        try {
+        await withServer(app, async (server) => {
           const socket = await rawRequest(server.port, '/large');
           socket.pause();
           await sent.promise;
@@ -61,9 +57,7 @@ for (const [label, createApp] of expressVersions) {
           await once(socket, 'end');
           assert.ok(received > LARGE_BODY.length, 'the client read the whole response');
           assert.deepEqual(await taskStarted.promise, { flushed: true });
-        } finally {
-          await server.close();
-        }
+        });
       });
     }
 
@@ -82,8 +76,7 @@ for (const [label, createApp] of expressVersions) {
         });
         res.send('ok');
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         // The task cannot finish before the client has the answer: it waits for `release`.
         const response = await fetch(server.url, { signal: AbortSignal.timeout(30_000) });
         assert.equal(await response.text(), 'ok');
@@ -91,9 +84,7 @@ for (const [label, createApp] of expressVersions) {
         release.resolve();
         await tasks.drain();
         assert.equal(taskFinished, true);
-      } finally {
-        await server.close();
-      }
+      });
     });
 
     it('never runs a task inside the add() call, even when the response is already flushed', async () => {
@@ -113,15 +104,12 @@ for (const [label, createApp] of expressVersions) {
           });
         });
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         await (await fetch(server.url)).text();
         await added.promise;
         await tasks.drain();
         assert.deepEqual(log, ['before add', 'after add', 'task']);
-      } finally {
-        await server.close();
-      }
+      });
     });
   });
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { backgroundTasks, type BackgroundTasksOptions } from '../lib/index.js';
-import { expressVersions, listen } from './support/http.js';
+import { expressVersions, withServer } from './support/http.js';
 
 describe('bad input is refused at once', () => {
   const invalidOptions: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
@@ -63,15 +63,12 @@ describe('bad input is refused at once', () => {
         }
         res.json({ size: res.locals.tasks.size, pending: tasks.pending });
       });
-      const server = await listen(app);
-      try {
+      await withServer(app, async (server) => {
         assert.deepEqual(await (await fetch(server.url)).json(), { size: 0, pending: 0 });
         assert.equal(thrown.length, 4);
         for (const error of thrown) assert.ok(error instanceof TypeError);
         assert.equal((thrown[0] as Error).message, 'Expected `fn` to be a function, got `123` (number)');
-      } finally {
-        await server.close();
-      }
+      });
     });
   }
 });

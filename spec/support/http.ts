@@ -37,6 +37,19 @@ export async function listen(app: Express): Promise<Running> {
   };
 }
 
+/**
+ * Starts `app` on 127.0.0.1, port 0, runs `use` against it, then closes the server and every
+ * connection still open, whether `use` passed or threw.
+ */
+export async function withServer<T>(app: Express, use: (server: Running) => Promise<T>): Promise<T> {
+  const server = await listen(app);
+  try {
+    return await use(server);
+  } finally {
+    await server.close();
+  }
+}
+
 /** A promise with its resolve function outside, to await an event a handler or task signals. */
 export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
   let resolve!: (value: T) => void;
