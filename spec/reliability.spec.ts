@@ -2,35 +2,15 @@ import assert from 'node:assert/strict';
 import { execFile, fork } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { Agent } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import express from 'express';
 import { backgroundTasks, QueueFullError } from '../lib/index.js';
-import { deferred, get, listen, rawRequest, watchProcessFaults, withServer } from './support/http.js';
+import { deferred, listen, load, rawRequest, watchProcessFaults, withServer } from './support/http.js';
 
 const run = promisify(execFile);
-
-/** Sends `count` GETs to `url(i)` over `connections` keep-alive connections; resolves with the bodies. */
-async function load(count: number, connections: number, url: (i: number) => string): Promise<string[]> {
-  const agent = new Agent({ keepAlive: true, maxSockets: connections });
-  const bodies: string[] = [];
-  let next = 0;
-  const client = async (): Promise<void> => {
-    while (next < count) {
-      const i = next++;
-      bodies[i] = await get(url(i), agent);
-    }
-  };
-  try {
-    await Promise.all(Array.from({ length: connections }, client));
-  } finally {
-    agent.destroy();
-  }
-  return bodies;
-}
 
 describe('reliability (express 5, loopback, bounded)', { timeout: 120_000 }, () => {
   it('runs every task exactly once under 2,000 requests over 50 keep-alive connections', async (t) => {

@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
-import { type Agent, type Server, request } from 'node:http';
+import { Agent, type Server, request } from 'node:http';
 import express, { type Express } from 'express';
 import express4 from 'express4';
 
@@ -145,4 +145,23 @@ export function get(url: string, agent: Agent): Promise<string> {
       response.on('end', () => resolve(body));
     }).on('error', reject).end();
   });
+}
+
+/** Sends `count` GETs to `url(i)` over `connections` keep-alive connections; resolves with the bodies. */
+export async function load(count: number, connections: number, url: (i: number) => string): Promise<string[]> {
+  const agent = new Agent({ keepAlive: true, maxSockets: connections });
+  const bodies: string[] = [];
+  let next = 0;
+  const client = async (): Promise<void> => {
+    while (next < count) {
+      const i = next++;
+      bodies[i] = await get(url(i), agent);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: connections }, client));
+  } finally {
+    agent.destroy();
+  }
+  return bodies;
 }
