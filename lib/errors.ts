@@ -34,3 +34,17 @@ export function invalid(name: string, expectation: string, value: unknown): stri
   const shown = typeof value === 'string' ? value : inspect(value, { depth: 1, breakLength: Infinity });
   return `Expected \`${name}\` to be ${expectation}, got \`${shown}\` (${typeof value})`;
 }
+
+/**
+ * @return the error's stack, or the thrown value as text when it is not an Error. Never throws,
+ *   whatever was thrown (`Object.create(null)`, a throwing `toString`, a revoked proxy).
+ * @internal
+ */
+export function describeError(error: unknown): string {
+  try {
+    if (error instanceof Error && typeof error.stack === 'string') return error.stack;
+    return typeof error === 'object' && error !== null ? inspect(error, { depth: 1 }) : String(error);
+  } catch {
+    return `a thrown ${typeof error} that cannot be shown`;
+  }
+}

@@ -1,6 +1,5 @@
-import { inspect } from 'node:util';
 import type { Request } from 'express';
-import { invalid } from './errors.js';
+import { describeError, invalid } from './errors.js';
 
 /**
  * Options of `backgroundTasks()`. Read once, when the middleware is created, and never mutated.
@@ -132,18 +131,4 @@ function checkCount(name: string, value: unknown): number {
  */
 function reportToStderr(error: unknown, info: TaskInfo): void {
   process.stderr.write(`express-background-tasks: task ${info.name} failed: ${describeError(error)}\n`);
-}
-
-/**
- * @return the error's stack, or the thrown value as text when it is not an Error. Never throws,
- *   whatever was thrown (`Object.create(null)`, a throwing `toString`, a revoked proxy).
- * @internal
- */
-export function describeError(error: unknown): string {
-  try {
-    if (error instanceof Error && typeof error.stack === 'string') return error.stack;
-    return typeof error === 'object' && error !== null ? inspect(error, { depth: 1 }) : String(error);
-  } catch {
-    return `a thrown ${typeof error} that cannot be shown`;
-  }
 }

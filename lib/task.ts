@@ -3,8 +3,8 @@ import diagnostics from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import createDebug from 'debug';
 import type { Request } from 'express';
-import { TimeoutError } from './errors.js';
-import { describeError, type Settings } from './options.js';
+import { describeError, TimeoutError } from './errors.js';
+import type { Settings } from './options.js';
 
 /**
  * The `debug` logger of the whole library: `DEBUG=express-background-tasks`.
@@ -96,7 +96,7 @@ export function runTask(
       ? task.runInAsyncScope(task.fn as (...args: unknown[]) => unknown, undefined, ...task.args)
       : task.runInAsyncScope(traceCall, undefined, task, context);
     if (!isThenable(result)) {
-      if (startedAt !== 0) debug('finished %s in %sms', taskName(task.fn), elapsed(startedAt));
+      if (startedAt !== 0) finished(task, startedAt);
       return true;
     }
   } catch (error) {
@@ -142,7 +142,7 @@ function awaitTask(
         taskTracing.asyncEnd.publish(context);
       }
       if (failed) report(outcome, taskName(task.fn), req, settings);
-      else if (startedAt !== 0) debug('finished %s in %sms', taskName(task.fn), elapsed(startedAt));
+      else if (startedAt !== 0) finished(task, startedAt);
     });
     settled();
   };
@@ -202,9 +202,9 @@ function started(task: Task): number {
 }
 
 /**
- * @return ms since `startedAt`, to one decimal
+ * Traces a task's successful end with its duration, to one decimal of a ms.
  * @private
  */
-function elapsed(startedAt: number): string {
-  return (performance.now() - startedAt).toFixed(1);
+function finished(task: Task, startedAt: number): void {
+  debug('finished %s in %sms', taskName(task.fn), (performance.now() - startedAt).toFixed(1));
 }
