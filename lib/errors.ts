@@ -23,6 +23,15 @@ export class QueueFullError extends Error {
 }
 
 /**
+ * Reported to `onError`, once per task, when the `transport` could not take a response's defined
+ * tasks. Its `cause` is the transport's error.
+ * @public
+ */
+export class HandOffError extends Error {
+  override name = 'HandOffError' as const;
+}
+
+/**
  * Builds the one message format used for every invalid argument or option:
  * ``Expected `timeout` to be a number of milliseconds, got `soon` (string)``.
  * @param name - the argument or option, as the user wrote it

@@ -7,10 +7,12 @@ import type { TaskQueue } from './queue.js';
 
 export { backgroundTasks, backgroundTasks as default } from './middleware.js';
 export type { BackgroundTasksMiddleware } from './middleware.js';
-export type { BackgroundTasksOptions, TaskInfo } from './options.js';
+export type { BackgroundTasksOptions, HandedOffTask, TaskInfo, TaskTransport } from './options.js';
+export { defineTask } from './definition.js';
+export type { DefinedTask } from './definition.js';
 export type { TaskQueue } from './queue.js';
 export type { TaskTraceContext } from './task.js';
-export { QueueFullError, TimeoutError } from './errors.js';
+export { HandOffError, QueueFullError, TimeoutError } from './errors.js';
 
 declare global {
   namespace Express {

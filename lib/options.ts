@@ -38,6 +38,45 @@ export interface BackgroundTasksOptions {
    * @default 'always'
    */
   readonly runOn?: 'always' | 'success' | undefined;
+  /**
+   * Where tasks made by `defineTask()` go instead of running here, e.g. `bullmqTransport({ queue })`
+   * from `express-background-tasks/bullmq`. Once the response has been flushed, its defined tasks
+   * are handed off together, in the order they were added. Plain functions always run here.
+   * @default none: defined tasks run in this process too
+   */
+  readonly transport?: TaskTransport | undefined;
+  /**
+   * What happens to defined tasks the `transport` could not take. Either way each is reported to
+   * `onError` as a `HandOffError`. `'none'`: nothing more. `'in-process'`: they then run here,
+   * after the response's other tasks.
+   * @default 'none'
+   */
+  readonly fallback?: 'none' | 'in-process' | undefined;
+}
+
+/**
+ * Takes the defined tasks of a response out of the process, to a job queue.
+ * @public
+ */
+export interface TaskTransport {
+  /**
+   * Stores the tasks one response queued, in order, for workers to run.
+   * @param tasks - name and JSON arguments of each task
+   * @return a promise that resolves once the tasks are stored and rejects when they could not be;
+   *   it must settle (time out rather than wait forever), or `drain()` waits forever
+   */
+  send(tasks: readonly HandedOffTask[]): PromiseLike<unknown>;
+}
+
+/**
+ * One task on its way to a worker.
+ * @public
+ */
+export interface HandedOffTask {
+  /** The name given to `defineTask()`. */
+  readonly name: string;
+  /** The arguments given to `tasks.add()`, JSON values only. */
+  readonly args: readonly unknown[];
 }
 
 /**
@@ -61,6 +100,8 @@ export interface Settings {
   readonly concurrency: number;
   readonly maxPending: number;
   readonly dropOnFailure: boolean;
+  readonly transport: TaskTransport | undefined;
+  readonly runLocallyOnHandOffFailure: boolean;
 }
 
 /**
@@ -75,12 +116,26 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     throw new TypeError(invalid('options', 'an object', options));
   }
 
-  const { onError = reportToStderr, timeout = Infinity, concurrency = Infinity, maxPending = Infinity, runOn = 'always' } = options;
+  const {
+    onError = reportToStderr,
+    timeout = Infinity,
+    concurrency = Infinity,
+    maxPending = Infinity,
+    runOn = 'always',
+    transport,
+    fallback = 'none',
+  } = options;
   if (typeof onError !== 'function') {
     throw new TypeError(invalid('onError', 'a function', onError));
   }
   if (runOn !== 'always' && runOn !== 'success') {
     throw new TypeError(invalid('runOn', "'always' or 'success'", runOn));
+  }
+  if (transport !== undefined && typeof (transport as Partial<TaskTransport> | null)?.send !== 'function') {
+    throw new TypeError(invalid('transport', 'an object with a send() method, such as bullmqTransport({ queue })', transport));
+  }
+  if (fallback !== 'none' && fallback !== 'in-process') {
+    throw new TypeError(invalid('fallback', "'none' or 'in-process'", fallback));
   }
   return {
     onError,
@@ -88,6 +143,8 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     concurrency: checkCount('concurrency', concurrency),
     maxPending: checkCount('maxPending', maxPending),
     dropOnFailure: runOn === 'success',
+    transport,
+    runLocallyOnHandOffFailure: fallback === 'in-process',
   };
 }
 

@@ -1,8 +1,10 @@
 import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
-import { invalid } from './errors.js';
+import { checkJsonArgs, definedName } from './definition.js';
+import { describeError, HandOffError, invalid } from './errors.js';
+import type { TaskTransport } from './options.js';
 import type { Runnable, Scheduler } from './scheduler.js';
-import { debug, runTask, Task, taskName, taskTracing } from './task.js';
+import { debug, report, runTask, Task, taskName, taskTracing } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -11,17 +13,18 @@ import { debug, runTask, Task, taskName, taskTracing } from './task.js';
 export interface TaskQueue {
   /**
    * Queues `fn(...args)` to run after the response has been flushed, after the tasks queued before it.
-   * The arguments are type-checked against `fn`.
+   * The arguments are type-checked against `fn`. With a `transport`, a task made by `defineTask()`
+   * is handed off instead, with the response's other defined tasks, in order.
    * @param fn - a function, sync or async; called with `this` undefined, so bind methods first
-   * @param args - the arguments to call it with
+   * @param args - the arguments to call it with; JSON values only when `fn` is a defined task
    * @return this queue, for chaining
-   * @throws {TypeError} when `fn` is not a function
+   * @throws {TypeError} when `fn` is not a function, or is a defined task given arguments that are not JSON
    * @throws {QueueFullError} when `maxPending` tasks are already pending
    * @example
    * res.locals.tasks.add(sendConfirmationEmail, req.params.id);
    */
   add<A extends unknown[]>(fn: (this: void, ...args: A) => unknown, ...args: A): this;
-  /** Tasks of this response that have not started yet. */
+  /** Tasks of this response that have not started, nor been handed off, yet. */
   readonly size: number;
 }
 
@@ -45,6 +48,8 @@ export class ResponseQueue implements TaskQueue, Runnable {
   #head: Task | undefined = undefined;
   #tail: Task | undefined = undefined;
   #size = 0;
+  /** Defined tasks waiting for the flush to be handed to the transport. */
+  #toHandOff: Task[] = [];
   #onSettled: (() => void) | undefined = undefined;
 
   constructor(scheduler: Scheduler, req: Request, res: Response) {
@@ -61,21 +66,26 @@ export class ResponseQueue implements TaskQueue, Runnable {
     if (typeof fn !== 'function') {
       throw new TypeError(invalid('fn', 'a function', fn));
     }
+    const durableName = definedName(fn);
+    if (durableName !== undefined) checkJsonArgs(durableName, args);
     if (this.#phase === 'dropped') {
       debug('dropped %s: response status %d', taskName(fn), this.#res.statusCode);
       return this;
     }
     this.#scheduler.admit(fn);
     const task = new Task(fn as (...args: never[]) => unknown, args);
-    if (this.#tail === undefined) this.#head = task;
-    else this.#tail.next = task;
-    this.#tail = task;
+    const handedOff = durableName !== undefined && this.#scheduler.settings.transport !== undefined;
+    if (handedOff) this.#toHandOff.push(task);
+    else this.#append(task);
     this.#size++;
     if (debug.enabled) debug('queued %s', taskName(fn));
 
     if (this.#phase === 'open') {
       this.#phase = 'awaiting-flush';
       whenFlushed(this.#res, () => this.#flushed());
+    } else if (handedOff && this.#phase !== 'awaiting-flush') {
+      // Added after the flush: these go off in a job of their own.
+      if (this.#toHandOff.length === 1) setImmediate(() => this.#handOff());
     } else if (this.#phase === 'idle') {
       // Never run a task inside the add() call that queued it.
       this.#phase = 'active';
@@ -121,12 +131,78 @@ export class ResponseQueue implements TaskQueue, Runnable {
       debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
       this.#scheduler.settle(this.#size);
       this.#head = this.#tail = undefined;
+      this.#toHandOff = [];
       this.#size = 0;
       this.#phase = 'dropped';
       return;
     }
-    this.#phase = 'active';
-    this.#scheduler.requestSlot(this);
+    if (this.#toHandOff.length > 0) this.#handOff();
+    if (this.#head === undefined) {
+      this.#phase = 'idle';
+    } else {
+      this.#phase = 'active';
+      this.#scheduler.requestSlot(this);
+    }
+  }
+
+  /** Appends `task` to the tasks that run in this process. */
+  #append(task: Task): void {
+    if (this.#tail === undefined) this.#head = task;
+    else this.#tail.next = task;
+    this.#tail = task;
+  }
+
+  /**
+   * Sends the defined tasks queued so far to the transport. They stay pending (and `drain()`
+   * waits) until the transport has settled.
+   */
+  #handOff(): void {
+    const tasks = this.#toHandOff;
+    this.#toHandOff = [];
+    this.#size -= tasks.length;
+    // Set: tasks are put aside for a transport only when there is one.
+    const transport = this.#scheduler.settings.transport as TaskTransport;
+    let sent: PromiseLike<unknown>;
+    try {
+      // A defined task's function is named after it.
+      sent = transport.send(tasks.map((task) => ({ name: task.fn.name, args: task.args })));
+    } catch (error) {
+      sent = Promise.reject(error);
+    }
+    Promise.resolve(sent).then(
+      () => {
+        debug('handed off %d task(s): %s', tasks.length, tasks.map((task) => taskName(task.fn)).join(', '));
+        this.#scheduler.settle(tasks.length);
+      },
+      (error: unknown) => this.#handOffFailed(tasks, error),
+    );
+  }
+
+  /**
+   * Reports each task the transport refused; with `fallback: 'in-process'`, then runs them here.
+   */
+  #handOffFailed(tasks: Task[], cause: unknown): void {
+    const { settings } = this.#scheduler;
+    const fallback = settings.runLocallyOnHandOffFailure;
+    for (const task of tasks) {
+      const name = taskName(task.fn);
+      const error = new HandOffError(
+        `Task ${name} could not be handed off${fallback ? ', so it runs in this process' : ''}: ` +
+          (cause instanceof Error ? cause.message : describeError(cause)),
+        { cause },
+      );
+      task.runInAsyncScope(report, undefined, error, name, this.#req, settings);
+    }
+    if (!fallback) {
+      this.#scheduler.settle(tasks.length);
+      return;
+    }
+    for (const task of tasks) this.#append(task);
+    this.#size += tasks.length;
+    if (this.#phase === 'idle') {
+      this.#phase = 'active';
+      this.#scheduler.requestSlot(this);
+    }
   }
 }
 

@@ -168,9 +168,9 @@ function traceCall(task: Task, context: TaskTraceContext): unknown {
 /**
  * Hands a task's error to `onError`; an `onError` that throws is reported on stderr. Never throws:
  * it runs inside on-finished callbacks and the queue's loop.
- * @private
+ * @internal
  */
-function report(error: unknown, name: string, req: Request, settings: Settings): void {
+export function report(error: unknown, name: string, req: Request, settings: Settings): void {
   if (debug.enabled) debug('failed %s: %s', name, describeError(error));
   try {
     settings.onError(error, { name, req });
