@@ -16,8 +16,8 @@ import { debug } from './task.js';
 export interface BullmqTransportOptions {
   /**
    * The queue the jobs go to. Create it with `skipWaitingForReady: true` and, in `connection`,
-   * `enableOfflineQueue: false`, so that a hand-off fails at once while Redis is down instead of
-   * waiting for `timeout`.
+   * `maxRetriesPerRequest: 1`, so that a hand-off fails within a second while Redis is down instead
+   * of waiting for `timeout`.
    */
   readonly queue: Pick<Queue, 'add'>;
   /**
@@ -52,7 +52,7 @@ export interface TasksJobData {
  * @throws {TypeError} when `queue` is not a BullMQ queue or `jobOptions` not an object
  * @throws {RangeError} when `timeout` is not a positive number of milliseconds
  * @example
- * const queue = new Queue('tasks', { connection, skipWaitingForReady: true });
+ * const queue = new Queue('tasks', { connection: { host, port, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
  * app.use(backgroundTasks({ transport: bullmqTransport({ queue, jobOptions: { attempts: 3 } }) }));
  * @public
  */

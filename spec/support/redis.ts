@@ -1,0 +1,89 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import net, { type AddressInfo } from 'node:net';
+import { Queue } from 'bullmq';
+
+/** A real Redis server for the BullMQ specs. */
+export interface Redis {
+  readonly host: string;
+  readonly port: number;
+  /** Stops the server if the specs started it. */
+  stop(): Promise<void>;
+}
+
+/**
+ * The Redis the BullMQ specs run against: `$REDIS_URL` when set (`.ci/run` starts one), otherwise a
+ * `redis-server` started here on 127.0.0.1 and a free port. Without either it resolves to the reason
+ * the specs are skipped, except under `CI`, where a missing Redis fails the run.
+ */
+export async function startRedis(): Promise<Redis | string> {
+  const url = process.env['REDIS_URL'];
+  if (url !== undefined && url !== '') {
+    const { hostname, port } = new URL(url);
+    return { host: hostname, port: Number(port || 6379), stop: async () => {} };
+  }
+  if (spawnSync('redis-server', ['--version']).error !== undefined) {
+    const reason = 'redis-server is not installed and REDIS_URL is not set (apt-get install redis-server)';
+    if (process.env['CI']) throw new Error(`The BullMQ specs need Redis: ${reason}`);
+    return reason;
+  }
+  const port = await freePort();
+  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await waitForOutput(server, /Ready to accept connections/);
+  return {
+    host: '127.0.0.1',
+    port,
+    async stop() {
+      server.kill('SIGKILL');
+      if (server.exitCode === null && server.signalCode === null) await once(server, 'exit');
+    },
+  };
+}
+
+/**
+ * A BullMQ queue with a name of its own, so specs never see each other's jobs, connected. It fails
+ * fast when Redis is down, as docs/scaling-out.md recommends for the web side.
+ */
+export async function uniqueQueue(redis: Redis): Promise<Queue> {
+  const queue = new Queue(`spec-${randomUUID()}`, {
+    connection: { host: redis.host, port: redis.port, maxRetriesPerRequest: 1 },
+    skipWaitingForReady: true,
+  });
+  await queue.waitUntilReady();
+  return queue;
+}
+
+/**
+ * Resolves once `child`'s stdout has printed a line matching `pattern`, with the match.
+ * @throws when the child exits first
+ */
+export function waitForOutput(child: ChildProcess, pattern: RegExp): Promise<RegExpMatchArray> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const onData = (chunk: Buffer): void => {
+      text += chunk.toString();
+      const match = text.match(pattern);
+      if (match !== null) {
+        child.stdout?.removeListener('data', onData);
+        child.removeListener('exit', onExit);
+        resolve(match);
+      }
+    };
+    const onExit = (code: number | null): void => reject(new Error(`exited (${code}) before printing ${pattern}; printed:\n${text}`));
+    child.stdout?.on('data', onData);
+    child.once('exit', onExit);
+  });
+}
+
+/** A port nothing listens on right now, on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
