@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { backgroundTasks, type BackgroundTasksOptions } from '../lib/index.js';
+import { backgroundTasks, defineTask, type BackgroundTasksOptions } from '../lib/index.js';
+import { bullmqTransport, createWorker, type BullmqTransportOptions, type CreateWorkerOptions } from '../lib/bullmq.js';
 import { expressVersions, withServer } from './support/http.js';
 
 describe('bad input is refused at once', () => {
@@ -21,6 +22,9 @@ describe('bad input is refused at once', () => {
     [{ maxPending: -1 }, RangeError, 'Expected `maxPending` to be a positive integer or Infinity, got `-1` (number)'],
     [{ maxPending: 10n }, TypeError, 'got `10n` (bigint)'],
     [{ runOn: 'never' }, TypeError, "Expected `runOn` to be 'always' or 'success', got `never` (string)"],
+    [{ transport: {} }, TypeError, 'Expected `transport` to be an object with a send() method, such as bullmqTransport({ queue }), got `{}` (object)'],
+    [{ transport: null }, TypeError, 'got `null` (object)'],
+    [{ fallback: 'retry' }, TypeError, "Expected `fallback` to be 'none' or 'in-process', got `retry` (string)"],
   ];
   for (const [options, ErrorClass, message] of invalidOptions) {
     it(`backgroundTasks(${JSON.stringify(options, (_key, value: unknown) => (typeof value === 'bigint' ? `${value}n` : value))}) throws a ${ErrorClass.name} naming the option`, () => {
@@ -69,6 +73,47 @@ describe('bad input is refused at once', () => {
         for (const error of thrown) assert.ok(error instanceof TypeError);
         assert.equal((thrown[0] as Error).message, 'Expected `fn` to be a function, got `123` (number)');
       });
+    });
+  }
+
+  const invalidDefinitions: [name: unknown, fn: unknown, message: string][] = [
+    ['', () => {}, 'Expected `name` to be a non-empty string, got `` (string)'],
+    [42, () => {}, 'Expected `name` to be a non-empty string, got `42` (number)'],
+    ['send-email', 'sendEmail', 'Expected `fn` to be a function, got `sendEmail` (string)'],
+  ];
+  for (const [name, fn, message] of invalidDefinitions) {
+    it(`defineTask(${JSON.stringify(name)}, ${typeof fn}) throws a TypeError: ${message}`, () => {
+      assert.throws(() => defineTask(name as string, fn as () => void), { name: 'TypeError', message });
+    });
+  }
+
+  const queue = { add: async () => ({}) } as unknown as BullmqTransportOptions['queue'];
+  const invalidTransports: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
+    [undefined, TypeError, 'Expected `options` to be an object, got `undefined` (undefined)'],
+    [{ queue: 'tasks' }, TypeError, 'Expected `queue` to be a BullMQ Queue, got `tasks` (string)'],
+    [{ queue, jobOptions: 3 }, TypeError, 'Expected `jobOptions` to be an object of BullMQ job options, got `3` (number)'],
+    [{ queue, timeout: '5s' }, TypeError, 'Expected `timeout` to be a number of milliseconds, got `5s` (string)'],
+    [{ queue, timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, got `0` (number)'],
+    [{ queue, timeout: Infinity }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, got `Infinity` (number)'],
+  ];
+  for (const [options, ErrorClass, message] of invalidTransports) {
+    it(`bullmqTransport() throws a ${ErrorClass.name}: ${message}`, () => {
+      assert.throws(() => bullmqTransport(options as BullmqTransportOptions), { name: ErrorClass.name, message });
+    });
+  }
+
+  const greet = defineTask('greet', () => {});
+  const connection = { host: '127.0.0.1', port: 1 };
+  const invalidWorkers: [options: unknown, message: string][] = [
+    [null, 'Expected `options` to be an object, got `null` (object)'],
+    [{ queueName: '', connection, tasks: [greet] }, 'Expected `queueName` to be a non-empty string, got `` (string)'],
+    [{ queueName: 'tasks', connection, tasks: greet }, 'Expected `tasks` to be an array of defineTask() definitions, got `[Function: greet] { taskName: \'greet\' }` (function)'],
+    [{ queueName: 'tasks', connection, tasks: [greet, function sendEmail() {}] }, 'Expected `tasks[1]` to be a task made by defineTask(), got `[Function: sendEmail]` (function)'],
+    [{ queueName: 'tasks', connection, tasks: [greet, defineTask('greet', () => {})] }, 'Expected `tasks[1]` to be a task whose name no other task has, got `greet` (string)'],
+  ];
+  for (const [options, message] of invalidWorkers) {
+    it(`createWorker() throws a TypeError before connecting: ${message}`, () => {
+      assert.throws(() => createWorker(options as CreateWorkerOptions), { name: 'TypeError', message });
     });
   }
 });

@@ -1,0 +1,240 @@
+// defineTask() and the `transport` option, with no Redis: a transport that records what it is sent
+// is a user of the public TaskTransport interface like bullmqTransport().
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  backgroundTasks,
+  defineTask,
+  HandOffError,
+  type BackgroundTasksOptions,
+  type HandedOffTask,
+  type TaskInfo,
+  type TaskTransport,
+} from '../lib/index.js';
+import { deferred, expressVersions, withServer } from './support/http.js';
+
+/** A transport that keeps what it is sent; the sends settle when the spec calls `settle()`. */
+function recordingTransport(): TaskTransport & { sent: HandedOffTask[][]; sentTimes(count: number): Promise<void>; settle(): void } {
+  const sent: HandedOffTask[][] = [];
+  const unsettled: (() => void)[] = [];
+  const waiting: [count: number, resolve: () => void][] = [];
+  return {
+    sent,
+    send(tasks) {
+      sent.push([...tasks]);
+      for (const [count, resolve] of waiting) if (sent.length === count) resolve();
+      const acknowledged = deferred();
+      unsettled.push(acknowledged.resolve);
+      return acknowledged.promise;
+    },
+    /** Resolves once `count` sends have been made. */
+    sentTimes(count) {
+      if (sent.length >= count) return Promise.resolve();
+      const { promise, resolve } = deferred();
+      waiting.push([count, resolve]);
+      return promise;
+    },
+    /** Acknowledges every send made so far. */
+    settle() {
+      for (const acknowledge of unsettled.splice(0)) acknowledge();
+    },
+  };
+}
+
+describe('defineTask()', () => {
+  for (const [label, createApp] of expressVersions) {
+    it(`${label}: without a transport a defined task runs in this process after the response, under its defined name`, async () => {
+      const events: string[] = [];
+      const reported: TaskInfo[] = [];
+      const sendEmail = defineTask('send-email', (to: string) => {
+        events.push(`sent to ${to}`);
+        if (to === 'bounce@example.com') throw new Error('mailbox full');
+      });
+      const tasks = backgroundTasks({ onError: (_error, info) => reported.push(info) });
+      const app = createApp();
+      app.use(tasks);
+      app.post('/', (_req, res) => {
+        res.on('finish', () => events.push('response flushed'));
+        res.locals.tasks.add(sendEmail, 'ada@example.com').add(sendEmail, 'bounce@example.com');
+        res.end();
+      });
+      await withServer(app, async ({ url }) => {
+        await fetch(url, { method: 'POST' });
+        await tasks.drain();
+      });
+      assert.deepEqual(events, ['response flushed', 'sent to ada@example.com', 'sent to bounce@example.com']);
+      assert.deepEqual(reported.map((info) => info.name), ['send-email']);
+      assert.equal(sendEmail.taskName, 'send-email');
+      assert.equal(sendEmail.name, 'send-email');
+    });
+  }
+
+  it('refuses, at add(), arguments that would not reach a worker unchanged as JSON, with or without a transport', async () => {
+    const circular: Record<string, unknown> = { id: 1 };
+    circular['self'] = circular;
+    class Item {}
+    const refused: [args: unknown[], message: string][] = [
+      [[new Date(0)], 'a Date at args[0]'],
+      [['ok', { when: new Date(0) }], 'a Date at args[1].when'],
+      [[[1, undefined]], 'undefined at args[0][1]'],
+      [[{ id: 1n }], 'a bigint at args[0].id'],
+      [[NaN], 'NaN at args[0]'],
+      [[{ total: Infinity }], 'Infinity at args[0].total'],
+      [[new Map()], 'a Map at args[0]'],
+      [[new Item()], 'an Item at args[0]'],
+      [[circular], 'a circular reference at args[0].self'],
+      [[() => {}], 'a function at args[0]'],
+      [[{ 'content-type': Symbol('json') }], 'a symbol at args[0]["content-type"]'],
+      [[{ [Symbol('key')]: 1 }], 'a symbol key at args[0]'],
+      [[undefined], 'undefined at args[0]'],
+    ];
+    const shared = { id: 7 };
+    const accepted: unknown[][] = [[], [null, true, 0, -1.5, ''], [{ a: shared, b: [shared] }], [Object.assign(Object.create(null) as object, { x: 1 })]];
+    const store = defineTask('store', (..._values: unknown[]) => {});
+
+    for (const transport of [undefined, recordingTransport()]) {
+      const tasks = backgroundTasks({ transport });
+      const app = expressVersions[0][1]();
+      app.use(tasks);
+      app.post('/', (_req, res) => {
+        const outcomes = [...refused.map(([args]) => args), ...accepted].map((args) => {
+          try {
+            res.locals.tasks.add(store, ...args);
+            return 'queued';
+          } catch (error) {
+            return `${(error as Error).name}: ${(error as Error).message}`;
+          }
+        });
+        res.json({ outcomes, size: res.locals.tasks.size });
+      });
+      await withServer(app, async ({ url }) => {
+        const { outcomes, size } = (await (await fetch(url, { method: 'POST' })).json()) as { outcomes: string[]; size: number };
+        assert.deepEqual(outcomes, [
+          ...refused.map(([, where]) => `TypeError: Expected the arguments of task \`store\` to be JSON values, got ${where}`),
+          ...accepted.map(() => 'queued'),
+        ]);
+        assert.equal(size, accepted.length, 'only the accepted tasks were queued');
+        if (transport !== undefined) {
+          await transport.sentTimes(1);
+          transport.settle();
+        }
+        await tasks.drain();
+      });
+    }
+  });
+});
+
+describe('the `transport` option', () => {
+  for (const [label, createApp] of expressVersions) {
+    it(`${label}: sends a response's defined tasks once it has been flushed, in one call, in order; plain functions run here; drain() waits for the transport`, async () => {
+      const transport = recordingTransport();
+      const events: string[] = [];
+      const resize = defineTask('resize', (_id: string, _width: number) => {});
+      const index = defineTask('index', (_id: string) => {});
+      const tasks = backgroundTasks({ transport });
+      const app = createApp();
+      app.use(tasks);
+      app.post('/:id', (req, res) => {
+        const id = String(req.params.id);
+        res.on('finish', () => events.push(`flushed ${id}; sent so far: ${transport.sent.length}`));
+        res.locals.tasks.add(resize, id, 640).add(() => void events.push(`plain ${id}`)).add(index, id);
+        res.json({ id });
+      });
+      await withServer(app, async ({ url }) => {
+        await fetch(`${url}/a`, { method: 'POST' });
+        await fetch(`${url}/b`, { method: 'POST' });
+        let drained = false;
+        const draining = tasks.drain().then(() => (drained = true));
+        await transport.sentTimes(2);
+        assert.equal(tasks.pending, 4, 'handed-off tasks count until the transport acknowledges');
+        assert.equal(drained, false);
+        transport.settle();
+        await draining;
+      });
+      assert.deepEqual(transport.sent, [
+        [{ name: 'resize', args: ['a', 640] }, { name: 'index', args: ['a'] }],
+        [{ name: 'resize', args: ['b', 640] }, { name: 'index', args: ['b'] }],
+      ]);
+      assert.deepEqual(events, ['flushed a; sent so far: 0', 'plain a', 'flushed b; sent so far: 1', 'plain b']);
+      assert.equal(tasks.pending, 0);
+    });
+  }
+
+  it('sends defined tasks added after the flush in a call of their own', async () => {
+    const transport = recordingTransport();
+    const audit = defineTask('audit', (_step: number) => {});
+    const tasks = backgroundTasks({ transport });
+    const app = expressVersions[0][1]();
+    app.use(tasks);
+    app.post('/', (_req, res) => {
+      res.locals.tasks.add(audit, 1).add(() => {
+        res.locals.tasks.add(audit, 2).add(audit, 3);
+      });
+      res.end();
+    });
+    await withServer(app, async ({ url }) => {
+      await fetch(url, { method: 'POST' });
+      await transport.sentTimes(2);
+      transport.settle();
+      await tasks.drain();
+    });
+    assert.deepEqual(transport.sent, [[{ name: 'audit', args: [1] }], [{ name: 'audit', args: [2] }, { name: 'audit', args: [3] }]]);
+  });
+
+  it("with runOn: 'success', a failed response's defined tasks are not sent", async () => {
+    const transport = recordingTransport();
+    const charge = defineTask('charge', (_cents: number) => {});
+    const tasks = backgroundTasks({ transport, runOn: 'success' });
+    const app = expressVersions[0][1]();
+    app.use(tasks);
+    app.post('/:status', (req, res) => {
+      res.locals.tasks.add(charge, 100);
+      res.status(Number(req.params.status)).end();
+    });
+    await withServer(app, async ({ url }) => {
+      await fetch(`${url}/500`, { method: 'POST' });
+      await fetch(`${url}/200`, { method: 'POST' });
+      await transport.sentTimes(1);
+      transport.settle();
+      await tasks.drain();
+    });
+    assert.deepEqual(transport.sent, [[{ name: 'charge', args: [100] }]]);
+  });
+
+  const failingTransports: [label: string, transport: TaskTransport][] = [
+    ['throws', { send: () => { throw new Error('no route to Redis'); } }],
+    ['rejects', { send: () => Promise.reject(new Error('no route to Redis')) }],
+  ];
+  for (const [label, transport] of failingTransports) {
+    for (const fallback of ['none', 'in-process'] as const) {
+      it(`a transport that ${label}: each task is reported as a HandOffError${fallback === 'in-process' ? ', then runs here' : ''} (fallback: '${fallback}')`, async () => {
+        const ran: string[] = [];
+        const reported: [error: unknown, name: string][] = [];
+        const notify = defineTask('notify', (who: string) => void ran.push(who));
+        const options: BackgroundTasksOptions = { transport, fallback, onError: (error, { name }) => reported.push([error, name]) };
+        const tasks = backgroundTasks(options);
+        const app = expressVersions[0][1]();
+        app.use(tasks);
+        app.post('/', (_req, res) => {
+          res.locals.tasks.add(notify, 'ada').add(notify, 'grace');
+          res.end();
+        });
+        await withServer(app, async ({ url }) => {
+          assert.equal((await fetch(url, { method: 'POST' })).status, 200);
+          await tasks.drain();
+        });
+        const suffix = fallback === 'in-process' ? ', so it runs in this process' : '';
+        assert.deepEqual(reported.map(([error, name]) => [(error as Error).message, name]), [
+          [`Task notify could not be handed off${suffix}: no route to Redis`, 'notify'],
+          [`Task notify could not be handed off${suffix}: no route to Redis`, 'notify'],
+        ]);
+        for (const [error] of reported) {
+          assert.ok(error instanceof HandOffError);
+          assert.equal((error.cause as Error).message, 'no route to Redis');
+        }
+        assert.deepEqual(ran, fallback === 'in-process' ? ['ada', 'grace'] : []);
+        assert.equal(tasks.pending, 0);
+      });
+    }
+  }
+});
