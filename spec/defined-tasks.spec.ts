@@ -2,6 +2,7 @@
 // is a user of the public TaskTransport interface like bullmqTransport().
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import express from 'express';
 import {
   backgroundTasks,
   defineTask,
@@ -94,7 +95,7 @@ describe('defineTask()', () => {
 
     for (const transport of [undefined, recordingTransport()]) {
       const tasks = backgroundTasks({ transport });
-      const app = expressVersions[0][1]();
+      const app = express();
       app.use(tasks);
       app.post('/', (_req, res) => {
         const outcomes = [...refused.map(([args]) => args), ...accepted].map((args) => {
@@ -164,7 +165,7 @@ describe('the `transport` option', () => {
     const transport = recordingTransport();
     const audit = defineTask('audit', (_step: number) => {});
     const tasks = backgroundTasks({ transport });
-    const app = expressVersions[0][1]();
+    const app = express();
     app.use(tasks);
     app.post('/', (_req, res) => {
       res.locals.tasks.add(audit, 1).add(() => {
@@ -185,7 +186,7 @@ describe('the `transport` option', () => {
     const transport = recordingTransport();
     const charge = defineTask('charge', (_cents: number) => {});
     const tasks = backgroundTasks({ transport, runOn: 'success' });
-    const app = expressVersions[0][1]();
+    const app = express();
     app.use(tasks);
     app.post('/:status', (req, res) => {
       res.locals.tasks.add(charge, 100);
@@ -213,7 +214,7 @@ describe('the `transport` option', () => {
         const notify = defineTask('notify', (who: string) => void ran.push(who));
         const options: BackgroundTasksOptions = { transport, fallback, onError: (error, { name }) => reported.push([error, name]) };
         const tasks = backgroundTasks(options);
-        const app = expressVersions[0][1]();
+        const app = express();
         app.use(tasks);
         app.post('/', (_req, res) => {
           res.locals.tasks.add(notify, 'ada').add(notify, 'grace');
