@@ -73,7 +73,9 @@ describe('defineTask()', () => {
   it('refuses, at add(), arguments that would not reach a worker unchanged as JSON, with or without a transport', async () => {
     const circular: Record<string, unknown> = { id: 1 };
     circular['self'] = circular;
-    class Item {}
+    class Item {
+      id = 1;
+    }
     const refused: [args: unknown[], message: string][] = [
       [[new Date(0)], 'a Date at args[0]'],
       [['ok', { when: new Date(0) }], 'a Date at args[1].when'],
