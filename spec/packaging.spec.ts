@@ -118,7 +118,7 @@ describe('packaging', () => {
         console.log(JSON.stringify({ names: Object.keys(tasks).sort(), loaded: require.resolve('express-background-tasks') }));
       `);
       const { names, loaded } = JSON.parse(printed) as { names: string[]; loaded: string };
-      assert.deepEqual(names, ['QueueFullError', 'TimeoutError', 'backgroundTasks', 'default']);
+      assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask']);
       assert.ok(loaded.endsWith(path.join('dist', 'cjs', 'index.js')), loaded);
     });
 
@@ -135,8 +135,31 @@ describe('packaging', () => {
         console.log(JSON.stringify({ names: Object.keys(everything).sort(), loaded: import.meta.resolve('express-background-tasks') }));
       `);
       const { names, loaded } = JSON.parse(printed) as { names: string[]; loaded: string };
-      assert.deepEqual(names, ['QueueFullError', 'TimeoutError', 'backgroundTasks', 'default']);
+      assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask']);
       assert.ok(loaded.endsWith('/dist/esm/index.js'), loaded);
+    });
+
+    it('the main entry never loads bullmq; express-background-tasks/bullmq does, from CommonJS and ES modules alike', async () => {
+      const cjs = JSON.parse(await runNode(consumer, 'bullmq-entry.cjs', `
+        require('express-background-tasks');
+        const loadedByMain = Object.keys(require.cache).filter((file) => file.includes('/bullmq/'));
+        const entry = require('express-background-tasks/bullmq');
+        console.log(JSON.stringify({ loadedByMain, names: Object.keys(entry).sort(), loaded: require.resolve('express-background-tasks/bullmq') }));
+      `)) as { loadedByMain: string[]; names: string[]; loaded: string };
+      assert.deepEqual(cjs.loadedByMain, []);
+      assert.deepEqual(cjs.names, ['bullmqTransport', 'createWorker']);
+      assert.ok(cjs.loaded.endsWith(path.join('dist', 'cjs', 'bullmq.js')), cjs.loaded);
+
+      const esm = JSON.parse(await runNode(consumer, 'bullmq-entry.mjs', `
+        import { defineTask } from 'express-background-tasks';
+        import * as entry from 'express-background-tasks/bullmq';
+        const worker = entry.createWorker({ queueName: 'tasks', connection: { host: '127.0.0.1', port: 1, lazyConnect: true }, tasks: [defineTask('t', () => {})], autorun: false });
+        console.log(JSON.stringify({ names: Object.keys(entry).sort(), worker: worker.constructor.name, loaded: import.meta.resolve('express-background-tasks/bullmq') }));
+        process.exit(0);
+      `)) as { names: string[]; worker: string; loaded: string };
+      assert.deepEqual(esm.names, ['bullmqTransport', 'createWorker']);
+      assert.equal(esm.worker, 'Worker');
+      assert.ok(esm.loaded.endsWith('/dist/esm/bullmq.js'), esm.loaded);
     });
 
     for (const [format, file, importLines] of [
@@ -273,7 +296,9 @@ async function writeTypeProject(dir: string, project: (typeof typeProjects)[numb
   await writeTsconfig(dir, 'tsconfig.json', project.compilerOptions, ['valid-usage.ts', 'invalid-usage.ts']);
   for (const fixture of ['valid-usage.ts', 'invalid-usage.ts']) {
     const source = await readFile(path.join(repo, 'spec/types', fixture), 'utf8');
-    const asUser = source.replaceAll(`from '../../lib/index.js'`, `from '${manifest.name}'`);
+    const asUser = source
+      .replaceAll(`from '../../lib/index.js'`, `from '${manifest.name}'`)
+      .replaceAll(`from '../../lib/bullmq.js'`, `from '${manifest.name}/bullmq'`);
     assert.notEqual(asUser, source, `${fixture} should import ../../lib/index.js`);
     await writeFile(path.join(dir, fixture), asUser);
   }

@@ -3,7 +3,9 @@
 // spec/packaging.spec.ts also compiles this file with the directives removed, and expects an
 // error on exactly these lines: the harness is proven able to fail.
 import express from 'express';
-import { backgroundTasks } from '../../lib/index.js';
+import { Queue } from 'bullmq';
+import { backgroundTasks, defineTask } from '../../lib/index.js';
+import { bullmqTransport, createWorker } from '../../lib/bullmq.js';
 
 class Mailer {
   from = 'noreply@example.com';
@@ -55,3 +57,28 @@ backgroundTasks({ retries: 3 });
 tasks.pending = 0;
 // @ts-expect-error -- `drain()` takes no callback, it returns a promise
 tasks.drain(() => console.log('drained'));
+
+export const sendReceipt = defineTask('send-receipt', (orderId: string, cents: number) => console.log(orderId, cents));
+app.post('/orders/:id', (_req, res) => {
+  // @ts-expect-error -- the defined task takes a number of cents
+  res.locals.tasks.add(sendReceipt, 'o-1', '12.99');
+  // @ts-expect-error -- the defined task's second argument is missing
+  res.locals.tasks.add(sendReceipt, 'o-1');
+  res.end();
+});
+// @ts-expect-error -- a task's name is a string
+defineTask(42, () => {});
+// @ts-expect-error -- `taskName` is read-only
+sendReceipt.taskName = 'other';
+// @ts-expect-error -- `fallback` is 'none' or 'in-process'
+backgroundTasks({ fallback: 'retry' });
+// @ts-expect-error -- a transport has a send() method
+backgroundTasks({ transport: {} });
+// @ts-expect-error -- bullmqTransport() takes a BullMQ queue, not its name
+bullmqTransport({ queue: 'tasks' });
+export function worker(queue: Queue): void {
+  // @ts-expect-error -- a worker runs defined tasks, not plain functions
+  createWorker({ queueName: queue.name, connection: {}, tasks: [sendConfirmationEmail] });
+  // @ts-expect-error -- the queue's name is required
+  createWorker({ connection: {}, tasks: [sendReceipt] });
+}

@@ -3,15 +3,22 @@
 // spec/packaging.spec.ts copies it into a consumer project where it imports the package by name.
 import type { Server } from 'node:http';
 import express, { type Request, type Response } from 'express';
+import { Queue, type Worker } from 'bullmq';
 import backgroundTasks, {
   backgroundTasks as namedBackgroundTasks,
+  defineTask,
+  HandOffError,
   QueueFullError,
   TimeoutError,
   type BackgroundTasksMiddleware,
   type BackgroundTasksOptions,
+  type DefinedTask,
+  type HandedOffTask,
   type TaskInfo,
   type TaskQueue,
+  type TaskTransport,
 } from '../../lib/index.js';
+import { bullmqTransport, createWorker, type BullmqTransportOptions, type TasksJobData } from '../../lib/bullmq.js';
 
 async function sendConfirmationEmail(id: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, id));
@@ -94,4 +101,43 @@ export async function shutdown(server: Server): Promise<number> {
   const before: number = tasks.pending;
   await tasks.drain();
   return before;
+}
+
+/** Defined tasks: typed like plain functions, runnable in this process or by a BullMQ worker. */
+export const sendReceipt = defineTask('send-receipt', async (orderId: string, cents: number) => {
+  await sendConfirmationEmail(cents);
+  console.log(orderId);
+});
+export const warmCache: DefinedTask<[], void> = defineTask('warm-cache', refreshCache);
+const receiptTask: DefinedTask<[string, number], Promise<void>> = sendReceipt;
+export const receiptName: string = receiptTask.taskName;
+export const direct: Promise<void> = sendReceipt('o-1', 1299);
+
+app.post('/orders/:id', (req, res) => {
+  res.locals.tasks.add(sendReceipt, String(req.params.id), 1299).add(warmCache).add(refreshCache);
+  res.status(202).end();
+});
+
+/** The web side of BullMQ, and a transport of one's own. */
+export function durableTasks(): BackgroundTasksMiddleware[] {
+  const queue = new Queue('tasks', { connection: { host: '127.0.0.1', port: 6379, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
+  const transportOptions: BullmqTransportOptions = { queue, jobOptions: { attempts: 3, backoff: { type: 'exponential', delay: 1000 } }, timeout: 5000 };
+  const logOnly: TaskTransport = {
+    async send(handedOff: readonly HandedOffTask[]) {
+      for (const { name, args } of handedOff) console.log(name, args);
+    },
+  };
+  return [
+    backgroundTasks({
+      transport: bullmqTransport(transportOptions),
+      fallback: 'in-process',
+      onError: (error, { name }) => console.error(error instanceof HandOffError ? 'not handed off' : 'failed', name, error),
+    }),
+    backgroundTasks({ transport: logOnly, fallback: 'none' }),
+  ];
+}
+
+/** The worker side. */
+export function worker(): Worker<TasksJobData> {
+  return createWorker({ queueName: 'tasks', connection: { host: '127.0.0.1', port: 6379 }, tasks: [sendReceipt, warmCache], concurrency: 8 });
 }
