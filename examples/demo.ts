@@ -1,38 +1,65 @@
 // npm run demo: a real Express 5 server with background tasks, and a client sending it real
 // requests over HTTP. The timeline shows when each thing happened, in ms since the first request.
+// npm run demo -- --bullmq: the same handlers, but the tasks go to Redis through BullMQ and a
+// worker runs them (needs redis-server installed, or REDIS_URL).
 // Copy freely: in your app, import from 'express-background-tasks'.
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Queue } from 'bullmq';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { backgroundTasks } from '../lib/index.js';
+import { backgroundTasks, defineTask } from '../lib/index.js';
+import { bullmqTransport, createWorker } from '../lib/bullmq.js';
+
+const useBullmq = process.argv.includes('--bullmq');
+const runner = useBullmq ? 'worker' : 'task';
 
 // The background work: stand-ins for an email API, an analytics service and a file import.
+// Defined with a name, so that a BullMQ worker can run them too; without a transport they run
+// in this process like plain functions.
 
-async function sendConfirmationEmail(id: string): Promise<void> {
-  log('task', `sendConfirmationEmail(${id}) started`);
+const sendConfirmationEmail = defineTask('send-confirmation-email', async (id: string) => {
+  log(runner, `sendConfirmationEmail(${id}) started`);
   await sleep(300);
-  log('task', `sendConfirmationEmail(${id}) finished: email sent`);
-}
+  log(runner, `sendConfirmationEmail(${id}) finished: email sent`);
+});
 
-function recordAnalytics(event: string, id: string): void {
-  log('task', `recordAnalytics(${event}, ${id})`);
-}
+const recordAnalytics = defineTask('record-analytics', (event: string, id: string) => {
+  log(runner, `recordAnalytics(${event}, ${id})`);
+});
 
-async function importContacts(file: string): Promise<void> {
-  log('task', `importContacts(${file}) started`);
+const importContacts = defineTask('import-contacts', async (file: string) => {
+  log(runner, `importContacts(${file}) started`);
   await sleep(50);
   throw new Error(`${file}: row 3 has no email address`);
-}
+});
 
-function deleteUpload(file: string): void {
-  log('task', `deleteUpload(${file}) runs although the task before it failed`);
-}
+const deleteUpload = defineTask('delete-upload', (file: string) => {
+  log(runner, `deleteUpload(${file}) runs although the task before it failed`);
+});
+
+// With --bullmq: a Redis, the web side's queue, and a worker (in this process for the demo; in
+// production, a process of its own on any machine: see docs/scaling-out.md).
+
+const redis = useBullmq ? await startRedis() : undefined;
+const connection = { host: redis?.host ?? '', port: redis?.port ?? 0 };
+const queue = redis && new Queue('demo-tasks', { connection: { ...connection, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
+await queue?.obliterate({ force: true }); // a clean slate if REDIS_URL points at a Redis used before
+const worker = redis && createWorker({ queueName: 'demo-tasks', connection, tasks: [sendConfirmationEmail, recordAnalytics, importContacts, deleteUpload], concurrency: 4 });
+worker?.on('active', (job) => log('worker', `picked up job ${job.id} (${job.name}) from Redis`));
+worker?.on('failed', (job, error) => log('worker', `job ${job?.id} failed: ${error.message}`));
+const jobsDone = new Promise<void>((resolve) => {
+  let done = 0;
+  const count = (): void => void (++done === 3 && resolve());
+  worker?.on('completed', count).on('failed', count);
+});
 
 // The app: each route answers at once and leaves the slow work to res.locals.tasks.
 
 const tasks = backgroundTasks({
+  ...(queue && { transport: bullmqTransport({ queue }) }),
   onError(error, { name, req }) {
     const message = error instanceof Error ? error.message : String(error);
     log('onError', `${name} failed (${req.method} ${req.originalUrl}): ${message}`);
@@ -61,12 +88,21 @@ const server = app.listen(0, '127.0.0.1');
 await once(server, 'listening');
 const { port } = server.address() as AddressInfo;
 
-console.log(`express-background-tasks demo: Express 5 on http://127.0.0.1:${port}, and a client calling it.
+console.log(useBullmq
+  ? `express-background-tasks demo, --bullmq: Express 5 on http://127.0.0.1:${port}, Redis on ${connection.host}:${connection.port}.
+
+The handlers are the same as in the plain demo. The one change is backgroundTasks({ transport:
+bullmqTransport({ queue }) }): once a response has been sent, its tasks become one BullMQ job
+in Redis, and a worker (createWorker) runs them, in order. A failing task fails its job
+(BullMQ keeps it, with the error, for retries or inspection); the next task still runs.
+`
+  : `express-background-tasks demo: Express 5 on http://127.0.0.1:${port}, and a client calling it.
 
 Each route responds at once and queues its slow work with res.locals.tasks.add(fn, ...args).
 Watch the times: a response is sent before any of its tasks starts, so the client gets
 "201" ~300 ms before "email sent". A failing task goes to onError, and the next task of the
-same response still runs. (DEBUG=express-background-tasks shows the library's own trace.)
+same response still runs. (DEBUG=express-background-tasks shows the library's own trace;
+npm run demo -- --bullmq runs the same tasks through Redis.)
 `);
 
 const t0 = performance.now();
@@ -79,7 +115,16 @@ log('client', `has all 3 responses; ${tasks.pending} tasks are still queued or r
 server.close();
 server.closeIdleConnections();
 await tasks.drain();
-log('server', 'closed, and tasks.drain() resolved: every task has settled');
+if (worker === undefined) {
+  log('server', 'closed, and tasks.drain() resolved: every task has settled');
+} else {
+  log('server', 'closed, and tasks.drain() resolved: every job is in Redis');
+  await jobsDone;
+  await worker.close();
+  await queue?.close();
+  redis?.stop();
+  log('worker', 'closed: all 3 jobs have run');
+}
 
 /** Sends a request to the demo server and logs the response as the client sees it. */
 async function send(method: string, path: string): Promise<void> {
@@ -97,7 +142,7 @@ function logRequests(req: Request, res: Response, next: NextFunction): void {
 }
 
 /** Prints one line of the timeline: ms since the first request, who, what. */
-function log(who: 'server' | 'client' | 'task' | 'onError', what: string): void {
+function log(who: 'server' | 'client' | 'task' | 'onError' | 'worker', what: string): void {
   const ms = Math.round(performance.now() - t0);
   console.log(`+ ${String(ms).padStart(4)} ms  ${who.padEnd(7)}  ${what}`);
 }
@@ -105,4 +150,29 @@ function log(who: 'server' | 'client' | 'task' | 'onError', what: string): void 
 /** Pads a request to the width of the longest one, `POST /imports/contacts.csv`. */
 function column(request: string): string {
   return request.padEnd(26);
+}
+
+/**
+ * The Redis at REDIS_URL, or a redis-server started for the demo on a free port on 127.0.0.1.
+ * Exits with a hint when there is neither.
+ */
+async function startRedis(): Promise<{ host: string; port: number; stop(): void }> {
+  if (process.env['REDIS_URL']) {
+    const { hostname, port } = new URL(process.env['REDIS_URL']);
+    return { host: hostname, port: Number(port || 6379), stop() {} };
+  }
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const { port } = probe.address() as AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const started = await new Promise<boolean>((resolve) => {
+    server.once('error', () => resolve(false));
+    server.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('Ready to accept connections') && resolve(true));
+  });
+  if (!started) {
+    console.error('--bullmq needs Redis: install redis-server (apt-get install redis-server, brew install redis) or set REDIS_URL.');
+    process.exit(1);
+  }
+  return { host: '127.0.0.1', port, stop: () => server.kill() };
 }
