@@ -1,0 +1,49 @@
+// The README's `npm run demo`, both modes: it must run, print its timeline, and exit by itself.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { after, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { startRedis } from './support/redis.js';
+
+const run = promisify(execFile);
+const redisOrReason = await startRedis();
+after(() => (typeof redisOrReason === 'string' ? undefined : redisOrReason.stop()));
+
+/** Runs the demo and returns its timeline: [who, what] per line, in order. */
+async function demo(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string[]> {
+  const { stdout } = await run(process.execPath, ['--import', 'tsx', 'examples/demo.ts', ...args], {
+    env: { ...process.env, ...env },
+    timeout: 30_000,
+  });
+  return stdout.split('\n').filter((line) => line.startsWith('+')).map((line) => line.replace(/^\+\s+\d+ ms\s+/, ''));
+}
+
+/** @return the index of the first line that includes `text`; fails when there is none */
+function lineOf(timeline: string[], text: string): number {
+  const index = timeline.findIndex((line) => line.includes(text));
+  assert.notEqual(index, -1, `no line with "${text}" in:\n${timeline.join('\n')}`);
+  return index;
+}
+
+describe('npm run demo', () => {
+  it('answers each request before its tasks start, reports the failing task, runs the one behind it, and exits 0', async () => {
+    const timeline = await demo([]);
+    for (const id of ['1', '2']) {
+      assert.ok(lineOf(timeline, `POST /items/${id}               response sent`) < lineOf(timeline, `sendConfirmationEmail(${id}) started`));
+      assert.ok(lineOf(timeline, `sendConfirmationEmail(${id}) finished`) < lineOf(timeline, `recordAnalytics(item_created, ${id})`));
+    }
+    assert.ok(lineOf(timeline, 'onError  import-contacts failed') < lineOf(timeline, 'deleteUpload(contacts.csv) runs'));
+    assert.equal(lineOf(timeline, 'every task has settled'), timeline.length - 1);
+  });
+
+  it('--bullmq: the same tasks run in a worker, each job once its response has been sent, and it exits 0', { skip: typeof redisOrReason === 'string' && redisOrReason }, async () => {
+    const redis = redisOrReason as Exclude<typeof redisOrReason, string>;
+    const timeline = await demo(['--bullmq'], { REDIS_URL: `redis://${redis.host}:${redis.port}` });
+    for (const [job, request] of [['1', 'POST /items/1               '], ['2', 'POST /items/2               '], ['3', 'POST /imports/contacts.csv  ']] as const) {
+      assert.ok(lineOf(timeline, `${request}response sent`) < lineOf(timeline, `picked up job ${job} `));
+    }
+    assert.ok(lineOf(timeline, 'POST /items/1               response sent') < lineOf(timeline, 'worker   sendConfirmationEmail(1) started'));
+    assert.ok(lineOf(timeline, 'deleteUpload(contacts.csv) runs') < lineOf(timeline, 'job 3 failed: contacts.csv: row 3 has no email address'));
+    assert.equal(lineOf(timeline, 'closed: all 3 jobs have run'), timeline.length - 1);
+  });
+});
