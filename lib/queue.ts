@@ -171,7 +171,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
     }
     Promise.resolve(sent).then(
       () => {
-        debug('handed off %d task(s): %s', tasks.length, tasks.map((task) => taskName(task.fn)).join(', '));
+        if (debug.enabled) debug('handed off %d task(s): %s', tasks.length, tasks.map((task) => taskName(task.fn)).join(', '));
         this.#scheduler.settle(tasks.length);
       },
       (error: unknown) => this.#handOffFailed(tasks, error),
