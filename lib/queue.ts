@@ -48,8 +48,8 @@ export class ResponseQueue implements TaskQueue, Runnable {
   #head: Task | undefined = undefined;
   #tail: Task | undefined = undefined;
   #size = 0;
-  /** Defined tasks waiting for the flush to be handed to the transport. */
-  #toHandOff: Task[] = [];
+  /** Defined tasks waiting to be handed to the transport; allocated by the first. */
+  #toHandOff: Task[] | undefined = undefined;
   #onSettled: (() => void) | undefined = undefined;
 
   constructor(scheduler: Scheduler, req: Request, res: Response) {
@@ -75,7 +75,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
     this.#scheduler.admit(fn);
     const task = new Task(fn as (...args: never[]) => unknown, args);
     const handedOff = durableName !== undefined && this.#scheduler.settings.transport !== undefined;
-    if (handedOff) this.#toHandOff.push(task);
+    if (handedOff) (this.#toHandOff ??= []).push(task);
     else this.#append(task);
     this.#size++;
     if (debug.enabled) debug('queued %s', taskName(fn));
@@ -85,7 +85,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
       whenFlushed(this.#res, () => this.#flushed());
     } else if (handedOff && this.#phase !== 'awaiting-flush') {
       // Added after the flush: these go off in a job of their own.
-      if (this.#toHandOff.length === 1) setImmediate(() => this.#handOff());
+      if (this.#toHandOff?.length === 1) setImmediate(() => this.#handOff());
     } else if (this.#phase === 'idle') {
       // Never run a task inside the add() call that queued it.
       this.#phase = 'active';
@@ -131,12 +131,12 @@ export class ResponseQueue implements TaskQueue, Runnable {
       debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
       this.#scheduler.settle(this.#size);
       this.#head = this.#tail = undefined;
-      this.#toHandOff = [];
+      this.#toHandOff = undefined;
       this.#size = 0;
       this.#phase = 'dropped';
       return;
     }
-    if (this.#toHandOff.length > 0) this.#handOff();
+    if (this.#toHandOff !== undefined) this.#handOff();
     if (this.#head === undefined) {
       this.#phase = 'idle';
     } else {
@@ -157,8 +157,8 @@ export class ResponseQueue implements TaskQueue, Runnable {
    * waits) until the transport has settled.
    */
   #handOff(): void {
-    const tasks = this.#toHandOff;
-    this.#toHandOff = [];
+    const tasks = this.#toHandOff as Task[]; // called only when a task is waiting
+    this.#toHandOff = undefined;
     this.#size -= tasks.length;
     // Set: tasks are put aside for a transport only when there is one.
     const transport = this.#scheduler.settings.transport as TaskTransport;
