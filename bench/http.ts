@@ -174,7 +174,7 @@ function get(port: number, agent: Agent): Promise<void> {
  * @return requests per second and the p99 response time in ms
  * @throws {Error} on connection errors, timeouts or non-2xx responses
  */
-async function load(port: number, connections: number, seconds: number): Promise<{ throughput: number; p99: number }> {
+export async function load(port: number, connections: number, seconds: number): Promise<{ throughput: number; p99: number }> {
   const responseTimes: number[] = [];
   const result = await new Promise<autocannon.Result>((resolve, reject) => {
     const instance = autocannon({ url: `http://127.0.0.1:${port}/`, connections, duration: seconds }, (error: unknown, done) => {
