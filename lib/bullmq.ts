@@ -3,9 +3,10 @@
  * MIT Licensed
  */
 
+import { randomUUID } from 'node:crypto';
 import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
-import { invalid } from './errors.js';
+import { describeError, invalid } from './errors.js';
 import type { HandedOffTask, TaskTransport } from './options.js';
 import { debug } from './task.js';
 
@@ -23,7 +24,9 @@ export interface BullmqTransportOptions {
   /**
    * BullMQ's own options for every job, passed through unchanged (`attempts`, `backoff`,
    * `priority`, `delay`, `removeOnComplete`, `removeOnFail`…). They override the queue's
-   * `defaultJobOptions`. A retry runs again only the tasks of the job that failed.
+   * `defaultJobOptions`. A retry runs again only the tasks of the job that failed. `jobId` is the
+   * transport's: a random UUID per job, so that a command ioredis sends again after a reconnect
+   * cannot add the job twice.
    * @default the queue's `defaultJobOptions`
    */
   readonly jobOptions?: JobsOptions | undefined;
@@ -77,7 +80,8 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
   return {
     send(tasks: readonly HandedOffTask[]): Promise<unknown> {
       const data: TasksJobData = { tasks };
-      return withTimeout(queue.add(tasks.map((task) => task.name).join(','), data, jobOptions), timeout);
+      const name = tasks.map((task) => task.name).join(',');
+      return withTimeout(queue.add(name, data, { ...jobOptions, jobId: randomUUID() }), timeout);
     },
   };
 }
@@ -154,7 +158,7 @@ async function runJob(job: Job<TasksJobData>, byName: ReadonlyMap<string, Define
     throw new UnrecoverableError(`Job ${job.id} (${job.name}) holds no tasks: was it added by bullmqTransport()?`);
   }
   const succeeded = new Set(succeededBefore(job.progress));
-  const failures: unknown[] = [];
+  const failures: Error[] = [];
   for (const [index, { name, args }] of tasks.entries()) {
     if (succeeded.has(index)) continue;
     const task = byName.get(name);
@@ -168,7 +172,8 @@ async function runJob(job: Job<TasksJobData>, byName: ReadonlyMap<string, Define
       debug('job %s: finished %s', job.id, name);
     } catch (error) {
       debug('job %s: failed %s', job.id, name);
-      failures.push(error);
+      // BullMQ reads `.message` of what the processor throws: anything else would leave the job active.
+      failures.push(error instanceof Error ? error : new Error(`Task ${name} failed with ${describeError(error)}, not an Error`, { cause: error }));
       continue;
     }
     succeeded.add(index);
@@ -177,7 +182,7 @@ async function runJob(job: Job<TasksJobData>, byName: ReadonlyMap<string, Define
   if (failures.length === 1) throw failures[0];
   if (failures.length > 1) {
     throw new AggregateError(failures, `${failures.length} of the ${tasks.length} tasks of job ${job.id} failed: ` +
-      failures.map((failure) => (failure instanceof Error ? failure.message : String(failure))).join('; '));
+      failures.map((failure) => failure.message).join('; '));
   }
 }
 

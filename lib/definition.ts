@@ -40,8 +40,9 @@ export function defineTask<A extends unknown[], R>(name: string, fn: (this: void
     throw new TypeError(invalid('fn', 'a function', fn));
   }
   const task = (...args: A): R => fn(...args);
+  // Not configurable: the name a job stores is `task.name`, so it must stay the defined name.
   return Object.defineProperties(task, {
-    name: { value: name },
+    name: { value: name, configurable: false },
     taskName: { value: name, enumerable: true },
     [TASK_NAME]: { value: name },
   }) as DefinedTask<A, R>;
@@ -59,7 +60,8 @@ export function definedName(fn: object): string | undefined {
 /**
  * Checks that `args` survive `JSON.stringify` and `JSON.parse` unchanged, as they must to reach a
  * worker: no `undefined`, function, symbol, bigint, `NaN`/`Infinity`, class instance (a `Date`
- * would arrive as a string, a `Map` as `{}`) or circular reference.
+ * would arrive as a string, a `Map` as `{}`), getter, array hole or named array property (a
+ * RegExp match loses its `index`), or circular reference. `-0` is let through: it arrives as `0`.
  * @param name - the task's name, for the message
  * @param args - the arguments given to `tasks.add()`
  * @throws {TypeError} naming the task and where in `args` the first such value sits
@@ -90,36 +92,63 @@ function findNonJson(value: unknown, path: string, ancestors: object[]): string 
   }
   if (value === null) return undefined;
   if (ancestors.includes(value)) return `a circular reference at ${path}`;
+  const isArray = Array.isArray(value);
+  const prototype: unknown = Object.getPrototypeOf(value);
+  if (isArray ? prototype !== Array.prototype : prototype !== Object.prototype && prototype !== null) {
+    return `${describeInstance(value)} at ${path}`;
+  }
 
   ancestors.push(value);
-  let problem: string | undefined;
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length && problem === undefined; i++) {
-      problem = findNonJson(value[i], `${path}[${i}]`, ancestors);
-    }
-  } else {
-    const prototype: unknown = Object.getPrototypeOf(value);
-    if (prototype !== Object.prototype && prototype !== null) {
-      problem = `${describeInstance(value)} at ${path}`;
-    } else if (Object.getOwnPropertySymbols(value).length > 0) {
-      problem = `a symbol key at ${path}`;
-    } else {
-      for (const [key, item] of Object.entries(value)) {
-        problem = findNonJson(item, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`, ancestors);
-        if (problem !== undefined) break;
-      }
-    }
-  }
+  const problem = isArray ? findInItems(value, path, ancestors) : findInProperties(value, path, ancestors);
   ancestors.pop();
   return problem;
 }
 
 /**
- * @return "a Date", "a Map", "an instance of Foo"…
+ * @return the first problem among an array's items, or with the array itself
+ * @private
+ */
+function findInItems(array: unknown[], path: string, ancestors: object[]): string | undefined {
+  for (let index = 0; index < array.length; index++) {
+    const problem = Object.hasOwn(array, index)
+      ? findInProperty(array, String(index), `${path}[${index}]`, ancestors)
+      : `a hole at ${path}[${index}]`;
+    if (problem !== undefined) return problem;
+  }
+  // The items and `length`, nothing else.
+  return Reflect.ownKeys(array).length === array.length + 1 ? undefined : `an array with named properties at ${path}`;
+}
+
+/**
+ * @return the first problem among a plain object's properties
+ * @private
+ */
+function findInProperties(object: object, path: string, ancestors: object[]): string | undefined {
+  for (const key of Reflect.ownKeys(object)) {
+    if (typeof key === 'symbol') return `a symbol key at ${path}`;
+    const problem = findInProperty(object, key, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`, ancestors);
+    if (problem !== undefined) return problem;
+  }
+  return undefined;
+}
+
+/**
+ * @return what is wrong with one own property: an accessor, a property JSON skips, or its value
+ * @private
+ */
+function findInProperty(object: object, key: string, where: string, ancestors: object[]): string | undefined {
+  const descriptor = Object.getOwnPropertyDescriptor(object, key) as PropertyDescriptor;
+  if (descriptor.get !== undefined || descriptor.set !== undefined) return `a getter at ${where}`;
+  if (descriptor.enumerable !== true) return `a non-enumerable property at ${where}`;
+  return findNonJson(descriptor.value, where, ancestors);
+}
+
+/**
+ * @return "a Date", "a Uint8Array", "an Item"…
  * @private
  */
 function describeInstance(value: object): string {
   const name: unknown = value.constructor?.name;
   if (typeof name !== 'string' || name === '') return 'an object with a prototype';
-  return `${/^[AEIOU]/.test(name) ? 'an' : 'a'} ${name}`;
+  return `${/^[AEIO]/.test(name) ? 'an' : 'a'} ${name}`;
 }

@@ -78,6 +78,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
       { name: 'audit', args: [{ id: '7', n: 1 }] },
     ]);
     assert.equal(job.name, 'send,audit');
+    assert.match(job.id ?? '', /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'a UUID: a resent add cannot make a second job');
     assert.ok(job.timestamp >= finishedAt, 'the job was added after the response finished');
     assert.deepEqual(inProcess, ['7'], 'the plain function ran in this process');
     await closeOpened();
@@ -116,11 +117,11 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     });
     t.after(() => web.kill('SIGKILL'));
     const [, port] = (await waitForOutput(web, /listening (\d+)/)) as [string, string];
-    let handedOff = 0;
+    let webErrors = '';
     const allHandedOff = deferred();
     web.stderr.on('data', (chunk: Buffer) => {
-      handedOff += chunk.toString().match(/handed off 2 task\(s\)/g)?.length ?? 0;
-      if (handedOff === requests) allHandedOff.resolve();
+      webErrors += chunk.toString();
+      if (webErrors.match(/handed off 2 task\(s\)/g)?.length === requests) allHandedOff.resolve();
     });
 
     for (let i = 0; i < requests; i++) {
@@ -136,10 +137,16 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     // The worker starts only now: the jobs must have been in Redis, not in the dead process.
     const worker = spawn(process.execPath, ['--import', 'tsx', 'spec/fixtures/bullmq-worker.ts'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
     t.after(() => worker.kill('SIGKILL'));
+    let output = '';
+    const allCompleted = deferred();
+    worker.stdout.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.match(/^completed /gm)?.length === requests) allCompleted.resolve();
+    });
+    await allCompleted.promise;
+    const ran = [...output.matchAll(/^ran (\S+)$/gm)].map(([, label]) => label);
     const labels = Array.from({ length: requests }, (_, i) => [`${i}:a`, `${i}:b`]).flat();
-    const match = await waitForOutput(worker, new RegExp(`(?:ran \\S+\\n){${labels.length}}`));
-    const ran = match[0].trim().split('\n').map((line) => line.slice('ran '.length));
-    assert.deepEqual([...ran].sort(), [...labels].sort(), 'every task ran exactly once');
+    assert.deepEqual(ran.sort(), labels.sort(), 'once all jobs completed, every task had run exactly once');
     worker.kill('SIGTERM');
     assert.equal((await once(worker, 'exit'))[0], 0);
   });
@@ -192,6 +199,36 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     assert.equal(last.attemptsMade, 2);
     assert.match(last.failedReason, /^2 of the 2 tasks of job \S+ failed: disk full; quota exceeded$/);
     assert.equal(await queue.getJobState(last.id as string), 'failed');
+    await closeOpened();
+  });
+
+  test('a task that rejects with something other than an Error still fails its job, with a message', async () => {
+    const queue = await uniqueQueue(redis as Redis);
+    const vague = defineTask('vague', () => Promise.reject(undefined));
+    const worker = createWorker({ queueName: queue.name, connection, tasks: [vague] });
+    opened.push(queue, worker);
+    const failed = jobEvents(worker, 'failed', 1);
+    const { app } = appWith({ transport: bullmqTransport({ queue }) }, (_req, res) => {
+      res.locals.tasks.add(vague);
+      res.end();
+    });
+    await withServer(app, ({ url }) => fetch(`${url}/1`, { method: 'POST' }));
+
+    const [job] = (await failed) as [Job<TasksJobData>];
+    assert.equal(job.failedReason, 'Task vague failed with undefined, not an Error');
+    assert.equal(await queue.getJobState(job.id as string), 'failed');
+    await closeOpened();
+  });
+
+  test('a job not made by bullmqTransport() fails at once, without retries', async () => {
+    const queue = await uniqueQueue(redis as Redis);
+    const worker = createWorker({ queueName: queue.name, connection, tasks: [defineTask('greet', () => {})] });
+    opened.push(queue, worker);
+    const failed = jobEvents(worker, 'failed', 1);
+    await queue.add('foreign', { to: 'someone' }, { attempts: 3 });
+    const [job] = (await failed) as [Job<TasksJobData>];
+    assert.match(job.failedReason, /^Job \S+ \(foreign\) holds no tasks: was it added by bullmqTransport\(\)\?$/);
+    assert.equal(job.attemptsMade, 1);
     await closeOpened();
   });
 

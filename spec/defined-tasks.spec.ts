@@ -1,6 +1,7 @@
 // defineTask() and the `transport` option, with no Redis: a transport that records what it is sent
 // is a user of the public TaskTransport interface like bullmqTransport().
 import assert from 'node:assert/strict';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { describe, it } from 'node:test';
 import express from 'express';
 import {
@@ -90,9 +91,15 @@ describe('defineTask()', () => {
       [[{ 'content-type': Symbol('json') }], 'a symbol at args[0]["content-type"]'],
       [[{ [Symbol('key')]: 1 }], 'a symbol key at args[0]'],
       [[undefined], 'undefined at args[0]'],
+      [['2026-11-24'.match(/(\d+)-(\d+)/)], 'an array with named properties at args[0]'],
+      [[[1, , 3]], 'a hole at args[0][1]'], // eslint-disable-line no-sparse-arrays
+      [[new (class Items extends Array {})()], 'an Items at args[0]'],
+      [[{ get total() { return 1; } }], 'a getter at args[0].total'],
+      [[Object.defineProperty({ id: 1 }, 'toJSON', { value: () => 'other' })], 'a non-enumerable property at args[0].toJSON'],
+      [[new Uint8Array(2)], 'a Uint8Array at args[0]'],
     ];
     const shared = { id: 7 };
-    const accepted: unknown[][] = [[], [null, true, 0, -1.5, ''], [{ a: shared, b: [shared] }], [Object.assign(Object.create(null) as object, { x: 1 })]];
+    const accepted: unknown[][] = [[], [null, true, 0, -1.5, '', -0], [{ a: shared, b: [shared] }], [Object.assign(Object.create(null) as object, { x: 1 })]];
     const store = defineTask('store', (..._values: unknown[]) => {});
 
     for (const transport of [undefined, recordingTransport()]) {
@@ -129,9 +136,16 @@ describe('defineTask()', () => {
 
 describe('the `transport` option', () => {
   for (const [label, createApp] of expressVersions) {
-    it(`${label}: sends a response's defined tasks once it has been flushed, in one call, in order; plain functions run here; drain() waits for the transport`, async () => {
-      const transport = recordingTransport();
+    it(`${label}: sends a response's defined tasks once it has been flushed, in one call, in order, before its plain functions run here; drain() waits for the transport`, async () => {
       const events: string[] = [];
+      const recording = recordingTransport();
+      const transport: typeof recording = {
+        ...recording,
+        send(tasks) {
+          events.push(`sent ${tasks.length}`);
+          return recording.send(tasks);
+        },
+      };
       const resize = defineTask('resize', (_id: string, _width: number) => {});
       const index = defineTask('index', (_id: string) => {});
       const tasks = backgroundTasks({ transport });
@@ -148,17 +162,17 @@ describe('the `transport` option', () => {
         await fetch(`${url}/b`, { method: 'POST' });
         let drained = false;
         const draining = tasks.drain().then(() => (drained = true));
-        await transport.sentTimes(2);
+        await recording.sentTimes(2);
         assert.equal(tasks.pending, 4, 'handed-off tasks count until the transport acknowledges');
         assert.equal(drained, false);
-        transport.settle();
+        recording.settle();
         await draining;
       });
-      assert.deepEqual(transport.sent, [
+      assert.deepEqual(recording.sent, [
         [{ name: 'resize', args: ['a', 640] }, { name: 'index', args: ['a'] }],
         [{ name: 'resize', args: ['b', 640] }, { name: 'index', args: ['b'] }],
       ]);
-      assert.deepEqual(events, ['flushed a; sent so far: 0', 'plain a', 'flushed b; sent so far: 1', 'plain b']);
+      assert.deepEqual(events, ['flushed a; sent so far: 0', 'sent 2', 'plain a', 'flushed b; sent so far: 1', 'sent 2', 'plain b']);
       assert.equal(tasks.pending, 0);
     });
   }
@@ -240,4 +254,54 @@ describe('the `transport` option', () => {
       });
     }
   }
+
+  it('defined tasks count toward maxPending until the transport has stored them', async () => {
+    const transport = recordingTransport();
+    const audit = defineTask('audit', (_step: number) => {});
+    const tasks = backgroundTasks({ transport, maxPending: 2 });
+    const app = express();
+    app.use(tasks);
+    app.post('/', (_req, res) => {
+      try {
+        res.locals.tasks.add(audit, 1).add(audit, 2);
+        res.status(202).end();
+      } catch (error) {
+        res.status(503).send((error as Error).name);
+      }
+    });
+    await withServer(app, async ({ url }) => {
+      assert.equal((await fetch(url, { method: 'POST' })).status, 202);
+      await transport.sentTimes(1);
+      const refused = await fetch(url, { method: 'POST' });
+      assert.deepEqual([refused.status, await refused.text()], [503, 'QueueFullError']);
+      transport.settle();
+      await tasks.drain();
+      assert.equal((await fetch(url, { method: 'POST' })).status, 202, 'accepted again once stored');
+      await transport.sentTimes(2);
+      transport.settle();
+      await tasks.drain();
+    });
+  });
+
+  it("a failed hand-off's report and its fallback run keep the AsyncLocalStorage context of add()", async () => {
+    const requestId = new AsyncLocalStorage<string>();
+    const seen: string[] = [];
+    const notify = defineTask('notify', () => void seen.push(`task in ${requestId.getStore()}`));
+    const tasks = backgroundTasks({
+      transport: { send: () => Promise.reject(new Error('down')) },
+      fallback: 'in-process',
+      onError: () => void seen.push(`report in ${requestId.getStore()}`),
+    });
+    const app = express();
+    app.use(tasks);
+    app.post('/:id', (req, res) => {
+      requestId.run(String(req.params.id), () => res.locals.tasks.add(notify));
+      res.end();
+    });
+    await withServer(app, async ({ url }) => {
+      await Promise.all([fetch(`${url}/a`, { method: 'POST' }), fetch(`${url}/b`, { method: 'POST' })]);
+      await tasks.drain();
+    });
+    assert.deepEqual(seen.sort(), ['report in a', 'report in b', 'task in a', 'task in b']);
+  });
 });
