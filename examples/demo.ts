@@ -8,10 +8,10 @@ import { once } from 'node:events';
 import net, { type AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Queue } from 'bullmq';
+import { type Job, Queue } from 'bullmq';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { backgroundTasks, defineTask } from '../lib/index.js';
-import { bullmqTransport, createWorker } from '../lib/bullmq.js';
+import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
 
 const useBullmq = process.argv.includes('--bullmq');
 const runner = useBullmq ? 'worker' : 'task';
@@ -48,8 +48,8 @@ const connection = { host: redis?.host ?? '', port: redis?.port ?? 0 };
 const queue = redis && new Queue('demo-tasks', { connection: { ...connection, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
 await queue?.obliterate({ force: true }); // a clean slate if REDIS_URL points at a Redis used before
 const worker = redis && createWorker({ queueName: 'demo-tasks', connection, tasks: [sendConfirmationEmail, recordAnalytics, importContacts, deleteUpload], concurrency: 4 });
-worker?.on('active', (job) => log('worker', `picked up job ${job.id} (${job.name}) from Redis`));
-worker?.on('failed', (job, error) => log('worker', `job ${job?.id} failed: ${error.message}`));
+worker?.on('active', (job) => log('worker', `picked up a job from Redis: ${describeJob(job)}`));
+worker?.on('failed', (job, error) => log('worker', `job ${job && describeJob(job)} failed: ${error.message}`));
 const jobsDone = new Promise<void>((resolve) => {
   let done = 0;
   const count = (): void => void (++done === 3 && resolve());
@@ -150,6 +150,11 @@ function log(who: 'server' | 'client' | 'task' | 'onError' | 'worker', what: str
 /** Pads a request to the width of the longest one, `POST /imports/contacts.csv`. */
 function column(request: string): string {
   return request.padEnd(26);
+}
+
+/** A job as its tasks: `send-confirmation-email("1"), record-analytics("item_created","1")`. */
+function describeJob(job: Job<TasksJobData>): string {
+  return job.data.tasks.map(({ name, args }) => `${name}(${args.map((arg) => JSON.stringify(arg)).join(',')})`).join(', ');
 }
 
 /**

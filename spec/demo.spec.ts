@@ -39,11 +39,15 @@ describe('npm run demo', () => {
   it('--bullmq: the same tasks run in a worker, each job once its response has been sent, and it exits 0', { skip: typeof redisOrReason === 'string' && redisOrReason }, async () => {
     const redis = redisOrReason as Exclude<typeof redisOrReason, string>;
     const timeline = await demo(['--bullmq'], { REDIS_URL: `redis://${redis.host}:${redis.port}` });
-    for (const [job, request] of [['1', 'POST /items/1               '], ['2', 'POST /items/2               '], ['3', 'POST /imports/contacts.csv  ']] as const) {
-      assert.ok(lineOf(timeline, `${request}response sent`) < lineOf(timeline, `picked up job ${job} `));
+    for (const [job, request] of [
+      ['send-confirmation-email("1"), record-analytics("item_created","1")', 'POST /items/1               '],
+      ['send-confirmation-email("2"), record-analytics("item_created","2")', 'POST /items/2               '],
+      ['import-contacts("contacts.csv"), delete-upload("contacts.csv")', 'POST /imports/contacts.csv  '],
+    ] as const) {
+      assert.ok(lineOf(timeline, `${request}response sent`) < lineOf(timeline, `picked up a job from Redis: ${job}`));
     }
     assert.ok(lineOf(timeline, 'POST /items/1               response sent') < lineOf(timeline, 'worker   sendConfirmationEmail(1) started'));
-    assert.ok(lineOf(timeline, 'deleteUpload(contacts.csv) runs') < lineOf(timeline, 'job 3 failed: contacts.csv: row 3 has no email address'));
+    assert.ok(lineOf(timeline, 'deleteUpload(contacts.csv) runs') < lineOf(timeline, 'job import-contacts("contacts.csv"), delete-upload("contacts.csv") failed: contacts.csv: row 3 has no email address'));
     assert.equal(lineOf(timeline, 'closed: all 3 jobs have run'), timeline.length - 1);
   });
 });
