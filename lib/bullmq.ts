@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
-import type { HandedOffTask, TaskTransport } from './options.js';
+import { MAX_TIMEOUT, type HandedOffTask, type TaskTransport } from './options.js';
 import { debug } from './task.js';
 
 /**
@@ -73,8 +73,8 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
   if (typeof timeout !== 'number') {
     throw new TypeError(invalid('timeout', 'a number of milliseconds', timeout));
   }
-  if (!(timeout >= 1 && timeout <= 2 ** 31 - 1)) {
-    throw new RangeError(invalid('timeout', `a number of milliseconds from 1 to ${2 ** 31 - 1}`, timeout));
+  if (!(timeout >= 1 && timeout <= MAX_TIMEOUT)) {
+    throw new RangeError(invalid('timeout', `a number of milliseconds from 1 to ${MAX_TIMEOUT}`, timeout));
   }
 
   return {

@@ -148,8 +148,11 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
   };
 }
 
-/** setTimeout() treats any longer delay as 1 ms. */
-const MAX_TIMEOUT = 2 ** 31 - 1;
+/**
+ * The longest delay setTimeout() takes: it treats any longer one as 1 ms.
+ * @internal
+ */
+export const MAX_TIMEOUT = 2 ** 31 - 1;
 
 /**
  * @param value - the `timeout` option
