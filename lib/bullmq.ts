@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
-import { MAX_TIMEOUT, type HandedOffTask, type TaskTransport } from './options.js';
+import { checkTimeout, type HandedOffTask, type TaskTransport } from './options.js';
 import { debug } from './task.js';
 
 /**
@@ -70,18 +70,13 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
   if (jobOptions !== undefined && (jobOptions === null || typeof jobOptions !== 'object')) {
     throw new TypeError(invalid('jobOptions', 'an object of BullMQ job options', jobOptions));
   }
-  if (typeof timeout !== 'number') {
-    throw new TypeError(invalid('timeout', 'a number of milliseconds', timeout));
-  }
-  if (!(timeout >= 1 && timeout <= MAX_TIMEOUT)) {
-    throw new RangeError(invalid('timeout', `a number of milliseconds from 1 to ${MAX_TIMEOUT}`, timeout));
-  }
+  const timeoutMs = checkTimeout(timeout, false);
 
   return {
     send(tasks: readonly HandedOffTask[]): Promise<unknown> {
       const data: TasksJobData = { tasks };
       const name = tasks.map((task) => task.name).join(',');
-      return withTimeout(queue.add(name, data, { ...jobOptions, jobId: randomUUID() }), timeout);
+      return withTimeout(queue.add(name, data, { ...jobOptions, jobId: randomUUID() }), timeoutMs);
     },
   };
 }

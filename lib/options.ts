@@ -139,7 +139,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
   }
   return {
     onError,
-    timeout: checkTimeout(timeout),
+    timeout: checkTimeout(timeout, true),
     concurrency: checkCount('concurrency', concurrency),
     maxPending: checkCount('maxPending', maxPending),
     dropOnFailure: runOn === 'success',
@@ -148,23 +148,26 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
   };
 }
 
-/**
- * The longest delay setTimeout() takes: it treats any longer one as 1 ms.
- * @internal
- */
-export const MAX_TIMEOUT = 2 ** 31 - 1;
+/** setTimeout() treats any longer delay as 1 ms. */
+const MAX_TIMEOUT = 2 ** 31 - 1;
 
 /**
- * @param value - the `timeout` option
- * @return the timeout in ms, `Infinity` for none
- * @private
+ * Validates a `timeout` option: of the middleware (which may be `Infinity`) or of a transport
+ * (which must settle, so may not).
+ * @param value - the option's value
+ * @param infinityAllowed - whether `Infinity` means "no timeout" here
+ * @return the timeout in ms
+ * @throws {TypeError} when `value` is not a number
+ * @throws {RangeError} when it is outside 1 … 2^31 − 1 (or `Infinity`, when allowed)
+ * @internal
  */
-function checkTimeout(value: unknown): number {
+export function checkTimeout(value: unknown, infinityAllowed: boolean): number {
   if (typeof value !== 'number') {
     throw new TypeError(invalid('timeout', 'a number of milliseconds', value));
   }
-  if (value !== Infinity && !(value >= 1 && value <= MAX_TIMEOUT)) {
-    throw new RangeError(invalid('timeout', `a number of milliseconds from 1 to ${MAX_TIMEOUT}, or Infinity`, value));
+  if (!(value >= 1 && value <= MAX_TIMEOUT) && !(infinityAllowed && value === Infinity)) {
+    const range = `a number of milliseconds from 1 to ${MAX_TIMEOUT}${infinityAllowed ? ', or Infinity' : ''}`;
+    throw new RangeError(invalid('timeout', range, value));
   }
   return value;
 }
