@@ -57,3 +57,17 @@ export function describeError(error: unknown): string {
     return `a thrown ${typeof error} that cannot be shown`;
   }
 }
+
+/**
+ * @return the error's `message`, or the thrown value as text when it is not an Error. Never
+ *   throws: a revoked proxy breaks `instanceof`, and a `message` getter can throw.
+ * @internal
+ */
+export function messageOf(error: unknown): string {
+  try {
+    if (error instanceof Error) return String(error.message);
+  } catch {
+    // shown as a value below
+  }
+  return describeError(error);
+}

@@ -1,10 +1,11 @@
+import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
 import { checkJsonArgs, definedName } from './definition.js';
-import { describeError, HandOffError, invalid } from './errors.js';
+import { HandOffError, invalid, messageOf } from './errors.js';
 import type { TaskTransport } from './options.js';
 import type { Runnable, Scheduler } from './scheduler.js';
-import { debug, report, runTask, Task, taskName, taskTracing } from './task.js';
+import { debug, report, runTask, Task, taskName, type TaskRun, taskTracing, whenSettled } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -30,13 +31,25 @@ export interface TaskQueue {
 
 /**
  * Where a response's queue stands:
- * `open` (nothing queued yet) → `awaiting-flush` → `idle` ⇄ `active` (starting, waiting for a slot,
- * or running), or → `dropped` when `runOn: 'success'` refuses a failed response.
+ * `open` (nothing queued yet) → `awaiting-flush` → (`awaiting-end`) → `idle` ⇄ `active` (a turn
+ * scheduled, waiting for a slot, or running), or → `dropped` when `runOn: 'success'` refuses it.
+ * `awaiting-end`: with `runOn: 'success'`, the connection closed before the handler ended the
+ * response, so its final status is still to come.
  */
-type Phase = 'open' | 'awaiting-flush' | 'idle' | 'active' | 'dropped';
+type Phase = 'open' | 'awaiting-flush' | 'awaiting-end' | 'idle' | 'active' | 'dropped';
 
 /**
- * The tasks of one response, run one after another once the response has been flushed.
+ * How long, with `runOn: 'success'`, a queue whose client left waits for the handler to end the
+ * response and so set its final status. Long enough for a slow upstream call to fail (the handler
+ * then answers 5xx and the tasks are dropped), short enough that responses nobody ends do not hold
+ * their tasks for long. Past it the tasks are dropped: no status says the request succeeded.
+ */
+const END_WAIT_MS = 30_000;
+
+/**
+ * The tasks of one response, run one after another once the response has been flushed. A queue
+ * runs in turns: a turn runs the tasks queued when it starts; tasks added meanwhile (by a task
+ * re-adding itself, say) wait for the next turn, after the event loop has turned.
  * @internal
  */
 export class ResponseQueue implements TaskQueue, Runnable {
@@ -48,6 +61,10 @@ export class ResponseQueue implements TaskQueue, Runnable {
   #head: Task | undefined = undefined;
   #tail: Task | undefined = undefined;
   #size = 0;
+  /** The last task the current turn runs: the tail when the turn started. */
+  #lastOfTurn: Task | undefined = undefined;
+  /** Whether the async task now running is the last of its turn. */
+  #turnEnding = false;
   /** Defined tasks waiting to be handed to the transport; allocated by the first. */
   #toHandOff: Task[] | undefined = undefined;
   #onSettled: (() => void) | undefined = undefined;
@@ -83,52 +100,94 @@ export class ResponseQueue implements TaskQueue, Runnable {
     if (this.#phase === 'open') {
       this.#phase = 'awaiting-flush';
       whenFlushed(this.#res, () => this.#flushed());
-    } else if (handedOff && this.#phase !== 'awaiting-flush') {
-      // Added after the flush: these go off in a job of their own.
-      if (this.#toHandOff?.length === 1) setImmediate(() => this.#handOff());
-    } else if (this.#phase === 'idle') {
-      // Never run a task inside the add() call that queued it.
-      this.#phase = 'active';
-      setImmediate(() => this.#scheduler.requestSlot(this));
+    } else if (this.#phase === 'idle' || this.#phase === 'active') {
+      if (handedOff) {
+        // Added after the flush: these go off in a job of their own.
+        if (this.#toHandOff?.length === 1) setImmediate(() => this.#handOff());
+      } else if (this.#phase === 'idle') {
+        // Never run a task inside the add() call that queued it.
+        this.#phase = 'active';
+        setImmediate(() => this.#startTurn());
+      }
     }
     return this;
   }
 
   /**
-   * Runs queued tasks while they settle synchronously; stops at the first one that returns a
-   * promise, and gives up its slot when the queue is empty.
+   * Runs the turn's tasks while they settle synchronously; stops at the first one that returns a
+   * promise, and ends the turn after its last task.
    */
   run(): void {
-    const { settings } = this.#scheduler;
-    const traced = taskTracing.hasSubscribers;
-    const debugging = debug.enabled;
-    this.#onSettled ??= () => this.#settledAsync();
+    const run: TaskRun = {
+      req: this.#req,
+      settings: this.#scheduler.settings,
+      traced: taskTracing.hasSubscribers,
+      debugging: debug.enabled,
+      settled: (this.#onSettled ??= () => this.#settledAsync()),
+    };
     for (let task = this.#head; task !== undefined; task = this.#head) {
       this.#head = task.next;
       if (this.#head === undefined) this.#tail = undefined;
       this.#size--;
-      if (!runTask(task, this.#req, settings, this.#onSettled, traced, debugging)) return;
+      const lastOfTurn = task === this.#lastOfTurn;
+      if (!runTask(task, run)) {
+        this.#turnEnding = lastOfTurn;
+        return;
+      }
       this.#scheduler.settle(1);
+      if (lastOfTurn) break;
     }
-    this.#phase = 'idle';
-    this.#scheduler.releaseSlot();
+    this.#endTurn();
   }
 
   /**
-   * After an async task: give the slot back and, if more tasks are queued, queue up for it again,
-   * so that with a `concurrency` limit the responses waiting take turns.
+   * After an async task: end the turn, or give the slot back and queue up for it again, so that
+   * with a `concurrency` limit the responses waiting take turns.
    */
   #settledAsync(): void {
     this.#scheduler.settle(1);
-    this.#scheduler.releaseSlot();
+    if (this.#turnEnding || this.#head === undefined) {
+      this.#endTurn();
+    } else {
+      this.#scheduler.releaseSlot();
+      this.#scheduler.requestSlot(this);
+    }
+  }
+
+  /** Starts a turn: the tasks queued now, once a slot is free. Called with a task queued. */
+  #startTurn(): void {
+    this.#lastOfTurn = this.#tail;
+    this.#scheduler.requestSlot(this);
+  }
+
+  /**
+   * Frees the slot; tasks added during the turn get another after I/O and timers have had theirs,
+   * so a task that re-adds itself cannot starve the server.
+   */
+  #endTurn(): void {
+    this.#lastOfTurn = undefined;
+    this.#turnEnding = false;
     if (this.#head === undefined) this.#phase = 'idle';
-    else this.#scheduler.requestSlot(this);
+    else setImmediate(() => this.#startTurn());
+    this.#scheduler.releaseSlot();
   }
 
   /** The response has been flushed, or its connection closed. Runs inside on-finished: must not throw. */
   #flushed(): void {
-    if (this.#scheduler.settings.dropOnFailure && this.#res.statusCode >= 400) {
-      debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
+    if (this.#scheduler.settings.dropOnFailure && !this.#res.writableEnded) {
+      // Decide on the status the handler sends, not the 200 a client that left early would leave behind.
+      this.#phase = 'awaiting-end';
+      whenEnded(this.#res, () => this.#start());
+      return;
+    }
+    this.#start();
+  }
+
+  /** Hands off the defined tasks and starts the first turn, unless `runOn: 'success'` refuses the response. */
+  #start(): void {
+    if (this.#scheduler.settings.dropOnFailure && (!this.#res.writableEnded || this.#res.statusCode >= 400)) {
+      if (this.#res.writableEnded) debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
+      else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.#size, END_WAIT_MS);
       this.#scheduler.settle(this.#size);
       this.#head = this.#tail = undefined;
       this.#toHandOff = undefined;
@@ -141,7 +200,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
       this.#phase = 'idle';
     } else {
       this.#phase = 'active';
-      this.#scheduler.requestSlot(this);
+      this.#startTurn();
     }
   }
 
@@ -154,7 +213,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
 
   /**
    * Sends the defined tasks queued so far to the transport. They stay pending (and `drain()`
-   * waits) until the transport has settled.
+   * waits) until the transport has settled, whatever it returns or throws.
    */
   #handOff(): void {
     const tasks = this.#toHandOff as Task[]; // called only when a task is waiting
@@ -162,19 +221,21 @@ export class ResponseQueue implements TaskQueue, Runnable {
     this.#size -= tasks.length;
     // Set: tasks are put aside for a transport only when there is one.
     const transport = this.#scheduler.settings.transport as TaskTransport;
-    let sent: PromiseLike<unknown>;
+    let sent: unknown;
     try {
       // A defined task's function is named after it.
       sent = transport.send(tasks.map((task) => ({ name: task.fn.name, args: task.args })));
     } catch (error) {
-      sent = Promise.reject(error);
+      this.#handOffFailed(tasks, error);
+      return;
     }
-    Promise.resolve(sent).then(
+    void whenSettled(
+      sent,
       () => {
         if (debug.enabled) debug('handed off %d task(s): %s', tasks.length, tasks.map((task) => taskName(task.fn)).join(', '));
         this.#scheduler.settle(tasks.length);
       },
-      (error: unknown) => this.#handOffFailed(tasks, error),
+      (error) => this.#handOffFailed(tasks, error),
     );
   }
 
@@ -184,13 +245,10 @@ export class ResponseQueue implements TaskQueue, Runnable {
   #handOffFailed(tasks: Task[], cause: unknown): void {
     const { settings } = this.#scheduler;
     const fallback = settings.runLocallyOnHandOffFailure;
+    const reason = messageOf(cause);
     for (const task of tasks) {
       const name = taskName(task.fn);
-      const error = new HandOffError(
-        `Task ${name} could not be handed off${fallback ? ', so it runs in this process' : ''}: ` +
-          (cause instanceof Error ? cause.message : describeError(cause)),
-        { cause },
-      );
+      const error = new HandOffError(`Task ${name} could not be handed off${fallback ? ', so it runs in this process' : ''}: ${reason}`, { cause });
       task.runInAsyncScope(report, undefined, error, name, this.#req, settings);
     }
     if (!fallback) {
@@ -201,7 +259,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
     this.#size += tasks.length;
     if (this.#phase === 'idle') {
       this.#phase = 'active';
-      this.#scheduler.requestSlot(this);
+      this.#startTurn();
     }
   }
 }
@@ -214,10 +272,39 @@ export class ResponseQueue implements TaskQueue, Runnable {
  * @private
  */
 function whenFlushed(res: Response, callback: () => void): void {
+  if (res.writableFinished || res.destroyed) {
+    setImmediate(callback);
+    return;
+  }
   if (res.socket === null) callback = orOnConnectionClose(res, callback);
   if (!res.writableEnded) onFinished(res, callback);
-  else if (res.writableFinished || res.destroyed) setImmediate(callback);
   else res.once('close', callback);
+}
+
+/**
+ * Calls `callback` once the handler has called `res.end()` (directly or through `send`, `json`,
+ * `redirect`…), or after `END_WAIT_MS` if it never does.
+ * @private
+ */
+function whenEnded(res: Response, callback: () => void): void {
+  const end = res.end;
+  let ended = false;
+  const endThenDecide = function (this: Response, ...args: Parameters<Response['end']>): Response {
+    try {
+      return end.apply(this, args);
+    } finally {
+      notify();
+    }
+  } as Response['end'];
+  const notify = (): void => {
+    if (ended) return;
+    ended = true;
+    clearTimeout(timer);
+    if (res.end === endThenDecide) res.end = end;
+    callback();
+  };
+  const timer = setTimeout(notify, END_WAIT_MS).unref();
+  res.end = endThenDecide;
 }
 
 /**
@@ -232,10 +319,52 @@ function orOnConnectionClose(res: Response, callback: () => void): () => void {
   const once = (): void => {
     if (called) return;
     called = true;
-    connection.removeListener('close', once);
+    forgetCloseWaiter(connection, once);
     callback();
   };
   if (connection.destroyed) setImmediate(once);
-  else connection.once('close', once);
+  else addCloseWaiter(connection, once);
   return once;
+}
+
+/**
+ * The callbacks waiting for each connection's `close`: one listener per connection, however many
+ * pipelined responses wait on it, so no client can make it warn of a leak.
+ * @private
+ */
+const closeWaiters = new WeakMap<Socket, Set<() => void>>();
+
+/**
+ * Calls `waiter` when `connection` closes.
+ * @private
+ */
+function addCloseWaiter(connection: Socket, waiter: () => void): void {
+  let waiters = closeWaiters.get(connection);
+  if (waiters === undefined) {
+    waiters = new Set();
+    closeWaiters.set(connection, waiters);
+    connection.once('close', runCloseWaiters);
+  }
+  waiters.add(waiter);
+}
+
+/**
+ * Stops waiting for `connection` to close; the last waiter removes the listener.
+ * @private
+ */
+function forgetCloseWaiter(connection: Socket, waiter: () => void): void {
+  const waiters = closeWaiters.get(connection);
+  if (waiters === undefined || !waiters.delete(waiter) || waiters.size !== 0) return;
+  closeWaiters.delete(connection);
+  connection.removeListener('close', runCloseWaiters);
+}
+
+/**
+ * The one `close` listener of a connection with waiters.
+ * @private
+ */
+function runCloseWaiters(this: Socket): void {
+  const waiters = closeWaiters.get(this);
+  closeWaiters.delete(this);
+  if (waiters !== undefined) for (const waiter of waiters) waiter();
 }

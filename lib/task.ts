@@ -69,27 +69,30 @@ export function taskName(fn: { name: string }): string {
 }
 
 /**
- * Runs `task` in the async context of its `add()` call. A thrown error, a rejection or a timeout
- * goes to `onError`; nothing escapes.
- * @param task - the task to run
- * @param req - the request it belongs to, for `onError` and tracing
- * @param settings - the middleware's settings
- * @param settled - called once a task that returned a promise has settled or timed out
- * @param traced - whether the tracing channel has subscribers (read once per run of the queue)
- * @param debugging - whether `debug` is enabled (read once per run of the queue: its getter is not free)
- * @return true when the task settled synchronously (`settled` is then not called)
+ * What running the tasks of one response needs, gathered once per turn of its queue.
  * @internal
  */
-export function runTask(
-  task: Task,
-  req: Request,
-  settings: Settings,
-  settled: () => void,
-  traced: boolean,
-  debugging: boolean,
-): boolean {
-  const context = traced ? { name: taskName(task.fn), req } : undefined;
-  const startedAt = debugging ? started(task) : 0;
+export interface TaskRun {
+  /** The request whose response queued the tasks, for `onError` and tracing. */
+  readonly req: Request;
+  readonly settings: Settings;
+  /** Whether the tracing channel has subscribers (read once per turn). */
+  readonly traced: boolean;
+  /** Whether `debug` is enabled (read once per turn: its getter is not free). */
+  readonly debugging: boolean;
+  /** Called once a task that returned a promise has settled or timed out. */
+  readonly settled: () => void;
+}
+
+/**
+ * Runs `task` in the async context of its `add()` call. Whatever it throws, returns or rejects
+ * with goes to `onError` at most once, with a timeout; nothing escapes.
+ * @return true when the task settled synchronously (`run.settled` is then not called)
+ * @internal
+ */
+export function runTask(task: Task, run: TaskRun): boolean {
+  const context = run.traced ? { name: taskName(task.fn), req: run.req } : undefined;
+  const startedAt = run.debugging ? started(task) : 0;
   let result: unknown;
   try {
     result = context === undefined
@@ -100,26 +103,41 @@ export function runTask(
       return true;
     }
   } catch (error) {
-    task.runInAsyncScope(report, undefined, error, taskName(task.fn), req, settings);
+    task.runInAsyncScope(report, undefined, error, taskName(task.fn), run.req, run.settings);
     return true;
   }
-  awaitTask(task, result, req, settings, context, startedAt, settled);
+  awaitTask(task, result, run, context, startedAt);
   return false;
+}
+
+/**
+ * Calls `onFulfilled` or `onRejected` once `value` settles, as `await` sees it: a native promise by
+ * its own state (an own `then` or a throwing `constructor` cannot break it), any other thenable
+ * through its `then`, in a later job, once. Never throws and never leaves a rejection unhandled,
+ * provided the callbacks do not throw.
+ * @internal
+ */
+export async function whenSettled(
+  value: unknown,
+  onFulfilled: (value: unknown) => void,
+  onRejected: (error: unknown) => void,
+): Promise<void> {
+  let outcome: unknown;
+  try {
+    outcome = await value;
+  } catch (error) {
+    onRejected(error);
+    return;
+  }
+  onFulfilled(outcome);
 }
 
 /**
  * Waits for a task's promise, or for `timeout`, whichever comes first.
  * @private
  */
-function awaitTask(
-  task: Task,
-  promise: PromiseLike<unknown>,
-  req: Request,
-  settings: Settings,
-  context: TaskTraceContext | undefined,
-  startedAt: number,
-  settled: () => void,
-): void {
+function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, context: TaskTraceContext | undefined, startedAt: number): void {
+  const { req, settings } = run;
   let timer: NodeJS.Timeout | undefined;
   let done = false;
   const finish = (failed: boolean, outcome: unknown): void => {
@@ -144,12 +162,9 @@ function awaitTask(
       if (failed) report(outcome, taskName(task.fn), req, settings);
       else if (startedAt !== 0) finished(task, startedAt);
     });
-    settled();
+    run.settled();
   };
-  Promise.resolve(promise).then(
-    (value) => finish(false, value),
-    (error: unknown) => finish(true, error),
-  );
+  void whenSettled(promise, (value) => finish(false, value), (error) => finish(true, error));
   if (settings.timeout !== Infinity) {
     timer = setTimeout(() => {
       finish(true, new TimeoutError(`Task ${taskName(task.fn)} did not settle within ${settings.timeout} ms`));
@@ -166,21 +181,33 @@ function traceCall(task: Task, context: TaskTraceContext): unknown {
 }
 
 /**
- * Hands a task's error to `onError`; an `onError` that throws is reported on stderr. Never throws:
- * it runs inside on-finished callbacks and the queue's loop.
+ * Hands a task's error to `onError`; an `onError` that throws, or returns a promise that rejects,
+ * is reported on stderr. Never throws: it runs inside on-finished callbacks and the queue's loop.
  * @internal
  */
 export function report(error: unknown, name: string, req: Request, settings: Settings): void {
   if (debug.enabled) debug('failed %s: %s', name, describeError(error));
   try {
-    settings.onError(error, { name, req });
+    const returned = settings.onError(error, { name, req });
+    if (isThenable(returned)) void whenSettled(returned, ignore, (rejection) => reportOnErrorFailure('rejected', rejection, error, name));
   } catch (onErrorFailure) {
-    process.stderr.write(
-      `express-background-tasks: onError threw while reporting task ${name}: ${describeError(onErrorFailure)}\n` +
-        `  the task's own error: ${describeError(error)}\n`,
-    );
+    reportOnErrorFailure('threw', onErrorFailure, error, name);
   }
 }
+
+/**
+ * Writes to stderr that `onError` itself failed, with both errors.
+ * @private
+ */
+function reportOnErrorFailure(how: 'threw' | 'rejected', onErrorFailure: unknown, error: unknown, name: string): void {
+  process.stderr.write(
+    `express-background-tasks: onError ${how} while reporting task ${name}: ${describeError(onErrorFailure)}\n` +
+      `  the task's own error: ${describeError(error)}\n`,
+  );
+}
+
+/** What an `onError` promise resolves to is of no interest. */
+function ignore(): void {}
 
 /**
  * @return whether `value` has a callable `then`, as `await` would treat it

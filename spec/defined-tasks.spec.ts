@@ -13,7 +13,7 @@ import {
   type TaskInfo,
   type TaskTransport,
 } from '../lib/index.js';
-import { deferred, expressVersions, withServer } from './support/http.js';
+import { deferred, expressVersions, watchProcessFaults, withServer } from './support/http.js';
 
 /** A transport that keeps what it is sent; the sends settle when the spec calls `settle()`. */
 function recordingTransport(): TaskTransport & { sent: HandedOffTask[][]; sentTimes(count: number): Promise<void>; settle(): void } {
@@ -254,6 +254,61 @@ describe('the `transport` option', () => {
       });
     }
   }
+
+  it('a transport that fails with a hostile value: each task is still reported as a HandOffError, and nothing stays pending', { timeout: 20_000 }, async () => {
+    const revoked = (): object => {
+      const { proxy, revoke } = Proxy.revocable({}, {});
+      revoke();
+      return proxy;
+    };
+    const unreadableMessage = Object.defineProperty(new Error('hidden'), 'message', {
+      get(): never {
+        throw new Error('no message for you');
+      },
+    });
+    const hostileSends: (() => unknown)[] = [
+      () => Promise.reject(unreadableMessage),
+      () => Promise.reject(revoked()),
+      () => {
+        throw revoked();
+      },
+      () => Object.defineProperty(Promise.resolve(), 'constructor', {
+        get(): never {
+          throw new Error('constructor');
+        },
+      }),
+      () => ({
+        then() {
+          throw new Error('then');
+        },
+      }),
+      revoked,
+    ];
+    for (const send of hostileSends) {
+      const watch = watchProcessFaults();
+      const reported: unknown[] = [];
+      const notify = defineTask('notify', () => {});
+      const tasks = backgroundTasks({ transport: { send } as TaskTransport, onError: (error) => reported.push(error) });
+      const app = express();
+      app.use(tasks);
+      app.post('/', (_req, res) => {
+        res.locals.tasks.add(notify).add(notify);
+        res.end();
+      });
+      await withServer(app, async ({ url }) => {
+        assert.equal((await fetch(url, { method: 'POST' })).status, 200);
+        await tasks.drain();
+      });
+      watch.stop();
+      assert.deepEqual(watch.faults, [], `no unhandled rejection or uncaught exception from ${send}`);
+      assert.equal(reported.length, 2, String(send));
+      for (const error of reported) {
+        assert.ok(error instanceof HandOffError);
+        assert.match(error.message, /^Task notify could not be handed off: /);
+      }
+      assert.equal(tasks.pending, 0);
+    }
+  });
 
   it('defined tasks count toward maxPending until the transport has stored them', async () => {
     const transport = recordingTransport();

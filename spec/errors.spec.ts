@@ -176,6 +176,71 @@ for (const [label, createApp] of expressVersions) {
       });
     });
 
+    it('contains whatever a task returns or rejects with, however hostile, and keeps the one slot of concurrency: 1 turning', { timeout: 20_000 }, async () => {
+      const outcomes = hostileOutcomes();
+      const reported: string[] = [];
+      const tasks = backgroundTasks({ concurrency: 1, onError: (_error, { name }) => reported.push(name) });
+      const ran: string[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/hostile', (_req, res) => {
+        for (const { name, task } of outcomes) {
+          res.locals.tasks.add(Object.defineProperty(task, 'name', { value: name })).add(() => ran.push(`after ${name}`));
+        }
+        res.send('ok');
+      });
+      app.get('/next', (_req, res) => {
+        res.locals.tasks.add(() => ran.push('next response'));
+        res.send('ok');
+      });
+      await withServer(app, async (server) => {
+        await (await fetch(`${server.url}/hostile`)).text();
+        await tasks.drain();
+        await (await fetch(`${server.url}/next`)).text();
+        await tasks.drain();
+      });
+      assert.deepEqual(ran, [...outcomes.map(({ name }) => `after ${name}`), 'next response']);
+      assert.deepEqual(reported, outcomes.filter(({ fails }) => fails).map(({ name }) => name));
+      assert.equal(tasks.pending, 0);
+    });
+
+    it('contains an async onError that rejects, or returns a hostile thenable, and reports it on stderr', async () => {
+      const sinks = [
+        async () => {
+          throw new Error('log sink down');
+        },
+        () => ({
+          get then(): never {
+            throw new Error('hostile then');
+          },
+        }),
+      ];
+      for (const onError of sinks) {
+        const tasks = backgroundTasks({ onError });
+        const ran: string[] = [];
+        const app = createApp();
+        app.use(tasks);
+        app.get('/', (_req, res) => {
+          res.locals.tasks
+            .add(function failing() {
+              throw new Error('task failure');
+            })
+            .add(() => ran.push('next'));
+          res.send('ok');
+        });
+        await withServer(app, async (server) => {
+          const stderr = await captureStderr(async () => {
+            await (await fetch(server.url)).text();
+            await tasks.drain();
+            await onErrorSettled();
+          });
+          assert.deepEqual(ran, ['next']);
+          assert.match(stderr, /onError (rejected|threw) while reporting task failing: Error: (log sink down|hostile then)/);
+          assert.match(stderr, /the task's own error: Error: task failure/);
+        });
+      }
+    });
+
     it('still runs the tasks of a response that ended in an error (next(err))', async () => {
       const reportedByExpress: unknown[] = [];
       const tasks = backgroundTasks();
@@ -201,4 +266,59 @@ for (const [label, createApp] of expressVersions) {
       });
     });
   });
+}
+
+/** A task outcome a hostile or buggy task can produce, and whether it counts as a failure. */
+interface HostileOutcome {
+  readonly name: string;
+  readonly task: () => unknown;
+  readonly fails: boolean;
+}
+
+/** Returns and rejections that break naive promise handling, each named for the report. */
+function hostileOutcomes(): HostileOutcome[] {
+  const revoked = (): object => {
+    const { proxy, revoke } = Proxy.revocable({}, {});
+    revoke();
+    return proxy;
+  };
+  const unreadableMessage = (): Error => Object.defineProperty(new Error('hidden'), 'message', {
+    get(): never {
+      throw new Error('no message for you');
+    },
+  });
+  return [
+    // `await` settles a native promise by its own state, ignoring an own `then`.
+    { name: 'promiseWithThrowingThen', fails: false, task: () => Object.assign(Promise.resolve(), { then() { throw new Error('then'); } }) },
+    {
+      name: 'promiseWithThrowingConstructor', fails: true, task: () => Object.defineProperty(Promise.resolve(), 'constructor', {
+        get(): never {
+          throw new Error('constructor');
+        },
+      }),
+    },
+    {
+      name: 'thenGetterThrows', fails: true, task: () => ({
+        get then(): never {
+          throw new Error('then getter');
+        },
+      }),
+    },
+    { name: 'revokedProxy', fails: true, task: revoked },
+    { name: 'thenableSettlingTwiceSynchronously', fails: false, task: () => ({ then(resolve: (v: unknown) => void, reject: (e: unknown) => void) { resolve(1); resolve(2); reject(new Error('late')); } }) },
+    { name: 'thenableThrowingAfterResolve', fails: false, task: () => ({ then(resolve: (v: unknown) => void) { resolve(1); throw new Error('after'); } }) },
+    { name: 'thenableRejectingSynchronously', fails: true, task: () => ({ then(_resolve: unknown, reject: (e: unknown) => void) { reject(new Error('sync reject')); } }) },
+    { name: 'rejectsWithRevokedProxy', fails: true, task: () => Promise.reject(revoked()) },
+    { name: 'rejectsWithUnreadableMessage', fails: true, task: () => Promise.reject(unreadableMessage()) },
+    {
+      name: 'throwsUnreadableMessage', fails: true, task: () => {
+        throw unreadableMessage();
+      },
+    },
+  ];
+}
+
+/** Lets the promise jobs of a rejected `onError` run, so their stderr report is captured. */
+function onErrorSettled(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { once } from 'node:events';
+import { Agent } from 'node:http';
 import net from 'node:net';
 import { describe, it } from 'node:test';
 import { backgroundTasks, type TaskQueue } from '../lib/index.js';
-import { abortedRequest, deferred, delay, expressVersions, trackResponses, withServer } from './support/http.js';
+import { abortedRequest, deferred, delay, expressVersions, get, rawRequest, trackResponses, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: nothing queued is lost`, () => {
@@ -90,6 +91,82 @@ for (const [label, createApp] of expressVersions) {
     }
   });
 
+  describe(`${label}: listeners on a shared connection`, () => {
+    it('adds at most one close listener to a connection, however many pipelined responses queue tasks, and warns of no leak', async () => {
+      const tasks = backgroundTasks();
+      const warnings: Error[] = [];
+      const onWarning = (warning: Error): void => void warnings.push(warning);
+      process.on('warning', onWarning);
+      const count = 12;
+      const ran: string[] = [];
+      const allQueued = deferred();
+      const release = deferred();
+      let queued = 0;
+      let closeListeners = 0;
+      let baselineCloseListeners = 0;
+      const app = createApp();
+      app.use(tasks);
+      app.get('/first', (req, res) => {
+        // Holds the socket, so the pipelined responses behind it wait without one.
+        baselineCloseListeners = req.socket.listenerCount('close');
+        void release.promise.then(() => res.send('first'));
+      });
+      app.get('/:n', (req, res) => {
+        res.locals.tasks.add(() => ran.push(String(req.params.n)));
+        res.send('ok');
+        if (++queued === count) {
+          closeListeners = req.socket.listenerCount('close');
+          allQueued.resolve();
+        }
+      });
+      try {
+        await withServer(app, async (server) => {
+          const socket = net.connect(server.port, '127.0.0.1');
+          await once(socket, 'connect');
+          socket.write(['first', ...Array.from({ length: count }, (_, n) => String(n))].map((path) => `GET /${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`).join(''));
+          await allQueued.promise;
+          release.resolve();
+          socket.resetAndDestroy();
+          await tasks.drain();
+        });
+      } finally {
+        process.off('warning', onWarning);
+      }
+      assert.equal(ran.length, count);
+      assert.deepEqual(warnings, []);
+      assert.ok(closeListeners <= baselineCloseListeners + 1, `${closeListeners} close listeners on the connection`);
+    });
+
+    it('adds no listener to the connection for tasks queued after a keep-alive response has finished', async () => {
+      const tasks = backgroundTasks();
+      const queues: TaskQueue[] = [];
+      const sockets = new Set<net.Socket>();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (req, res) => {
+        queues.push(res.locals.tasks);
+        sockets.add(req.socket);
+        res.send('ok');
+      });
+      await withServer(app, async (server) => {
+        const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+        try {
+          for (let i = 0; i < 12; i++) await get(server.url, agent);
+          assert.equal(sockets.size, 1, 'one keep-alive connection');
+          const [connection] = sockets as unknown as [net.Socket];
+          const before = connection.listenerCount('close');
+          let ran = 0;
+          for (const queue of queues) queue.add(() => ran++);
+          assert.equal(connection.listenerCount('close'), before);
+          await tasks.drain();
+          assert.equal(ran, 12);
+        } finally {
+          agent.destroy();
+        }
+      });
+    });
+  });
+
   describe(`${label}: drain() and pending`, () => {
     it('counts queued and running tasks, and drain() waits for tasks added while draining', async () => {
       const tasks = backgroundTasks();
@@ -161,6 +238,37 @@ for (const [label, createApp] of expressVersions) {
         assert.equal(tasks.pending, 0);
       });
     });
+
+    for (const status of [402, 201]) {
+      it(`with runOn: 'success', decides on the status the handler sends after the client reset the connection (${status})`, async () => {
+        const tasks = backgroundTasks({ runOn: 'success' });
+        const ran: string[] = [];
+        const handlerEntered = deferred();
+        const responded = deferred();
+        const app = createApp();
+        app.use(tasks);
+        app.get('/pay', (req, res) => {
+          res.locals.tasks.add(() => ran.push('send receipt'));
+          handlerEntered.resolve();
+          // The payment provider answers only after the client has gone.
+          req.socket.once('close', () => {
+            setTimeout(() => {
+              res.status(status).json({ status });
+              responded.resolve();
+            }, 30);
+          });
+        });
+        await withServer(app, async (server) => {
+          const socket = await rawRequest(server.port, '/pay');
+          await handlerEntered.promise;
+          socket.resetAndDestroy();
+          await responded.promise;
+          await tasks.drain();
+        });
+        assert.deepEqual(ran, status < 400 ? ['send receipt'] : []);
+        assert.equal(tasks.pending, 0);
+      });
+    }
 
     it("by default (runOn: 'always') runs the tasks of a 500 response", async () => {
       const tasks = backgroundTasks();

@@ -58,6 +58,41 @@ for (const [label, createApp] of expressVersions) {
       });
     });
 
+    for (const kind of ['sync', 'async'] as const) {
+      it(`lets the server answer and timers fire while a ${kind} task keeps re-adding itself`, { timeout: 20_000 }, async () => {
+        const tasks = backgroundTasks();
+        const cap = 100_000; // bounds the spec where a re-added task would starve the event loop
+        let rounds = 0;
+        let ready = false;
+        const pingsWhilePolling: number[] = [];
+        const app = createApp();
+        app.use(tasks);
+        app.post('/poll', (_req, res) => {
+          const queue = res.locals.tasks;
+          const poll = (): void => {
+            rounds++;
+            if (!ready && rounds < cap) queue.add(kind === 'sync' ? poll : async () => poll());
+          };
+          queue.add(poll);
+          res.send('polling');
+        });
+        app.get('/ping', (_req, res) => {
+          if (!ready) pingsWhilePolling.push(rounds);
+          res.send('pong');
+        });
+        await withServer(app, async (server) => {
+          await (await fetch(`${server.url}/poll`, { method: 'POST' })).text();
+          for (let ping = 0; ping < 5; ping++) await (await fetch(`${server.url}/ping`)).text();
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          ready = true;
+          await tasks.drain();
+        });
+        assert.equal(pingsWhilePolling.length, 5, 'every ping answered while the task kept re-adding itself');
+        assert.ok(rounds < cap, `the timer that ends the polling fired (${rounds} rounds)`);
+        assert.ok(pingsWhilePolling.every((seen, i) => seen > (pingsWhilePolling[i - 1] ?? 0)), `rounds went on between pings: ${pingsWhilePolling}`);
+      });
+    }
+
     it('waits for a returned thenable that is not a native promise', async () => {
       const tasks = backgroundTasks();
       const log: string[] = [];
