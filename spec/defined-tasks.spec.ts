@@ -13,6 +13,7 @@ import {
   type TaskInfo,
   type TaskTransport,
 } from '../lib/index.js';
+import { errorWithUnreadableMessage, revokedProxy } from './support/hostile.js';
 import { deferred, expressVersions, watchProcessFaults, withServer } from './support/http.js';
 
 /** A transport that keeps what it is sent; the sends settle when the spec calls `settle()`. */
@@ -256,21 +257,11 @@ describe('the `transport` option', () => {
   }
 
   it('a transport that fails with a hostile value: each task is still reported as a HandOffError, and nothing stays pending', { timeout: 20_000 }, async () => {
-    const revoked = (): object => {
-      const { proxy, revoke } = Proxy.revocable({}, {});
-      revoke();
-      return proxy;
-    };
-    const unreadableMessage = Object.defineProperty(new Error('hidden'), 'message', {
-      get(): never {
-        throw new Error('no message for you');
-      },
-    });
     const hostileSends: (() => unknown)[] = [
-      () => Promise.reject(unreadableMessage),
-      () => Promise.reject(revoked()),
+      () => Promise.reject(errorWithUnreadableMessage()),
+      () => Promise.reject(revokedProxy()),
       () => {
-        throw revoked();
+        throw revokedProxy();
       },
       () => Object.defineProperty(Promise.resolve(), 'constructor', {
         get(): never {
@@ -282,7 +273,7 @@ describe('the `transport` option', () => {
           throw new Error('then');
         },
       }),
-      revoked,
+      revokedProxy,
     ];
     for (const send of hostileSends) {
       const watch = watchProcessFaults();

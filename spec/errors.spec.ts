@@ -3,6 +3,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import type { ErrorRequestHandler } from 'express';
 import { backgroundTasks, type TaskInfo } from '../lib/index.js';
+import { hostileOutcomes } from './support/hostile.js';
 import { captureStderr, deferred, expressVersions, trackResponses, watchProcessFaults, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
@@ -185,7 +186,7 @@ for (const [label, createApp] of expressVersions) {
       app.use(tasks);
       app.get('/hostile', (_req, res) => {
         for (const { name, task } of outcomes) {
-          res.locals.tasks.add(Object.defineProperty(task, 'name', { value: name })).add(() => ran.push(`after ${name}`));
+          res.locals.tasks.add(Object.defineProperty(() => task(), 'name', { value: name })).add(() => ran.push(`after ${name}`));
         }
         res.send('ok');
       });
@@ -266,56 +267,6 @@ for (const [label, createApp] of expressVersions) {
       });
     });
   });
-}
-
-/** A task outcome a hostile or buggy task can produce, and whether it counts as a failure. */
-interface HostileOutcome {
-  readonly name: string;
-  readonly task: () => unknown;
-  readonly fails: boolean;
-}
-
-/** Returns and rejections that break naive promise handling, each named for the report. */
-function hostileOutcomes(): HostileOutcome[] {
-  const revoked = (): object => {
-    const { proxy, revoke } = Proxy.revocable({}, {});
-    revoke();
-    return proxy;
-  };
-  const unreadableMessage = (): Error => Object.defineProperty(new Error('hidden'), 'message', {
-    get(): never {
-      throw new Error('no message for you');
-    },
-  });
-  return [
-    // `await` settles a native promise by its own state, ignoring an own `then`.
-    { name: 'promiseWithThrowingThen', fails: false, task: () => Object.assign(Promise.resolve(), { then() { throw new Error('then'); } }) },
-    {
-      name: 'promiseWithThrowingConstructor', fails: true, task: () => Object.defineProperty(Promise.resolve(), 'constructor', {
-        get(): never {
-          throw new Error('constructor');
-        },
-      }),
-    },
-    {
-      name: 'thenGetterThrows', fails: true, task: () => ({
-        get then(): never {
-          throw new Error('then getter');
-        },
-      }),
-    },
-    { name: 'revokedProxy', fails: true, task: revoked },
-    { name: 'thenableSettlingTwiceSynchronously', fails: false, task: () => ({ then(resolve: (v: unknown) => void, reject: (e: unknown) => void) { resolve(1); resolve(2); reject(new Error('late')); } }) },
-    { name: 'thenableThrowingAfterResolve', fails: false, task: () => ({ then(resolve: (v: unknown) => void) { resolve(1); throw new Error('after'); } }) },
-    { name: 'thenableRejectingSynchronously', fails: true, task: () => ({ then(_resolve: unknown, reject: (e: unknown) => void) { reject(new Error('sync reject')); } }) },
-    { name: 'rejectsWithRevokedProxy', fails: true, task: () => Promise.reject(revoked()) },
-    { name: 'rejectsWithUnreadableMessage', fails: true, task: () => Promise.reject(unreadableMessage()) },
-    {
-      name: 'throwsUnreadableMessage', fails: true, task: () => {
-        throw unreadableMessage();
-      },
-    },
-  ];
 }
 
 /** Lets the promise jobs of a rejected `onError` run, so their stderr report is captured. */
