@@ -11,6 +11,20 @@ import { checkTimeout, type HandedOffTask, type TaskTransport } from './options.
 import { debug } from './task.js';
 
 /**
+ * The most tasks one job holds. A worker records each success in the job's progress, so a longer
+ * job would have Redis rewrite an ever larger progress object after every task.
+ */
+const MAX_JOB_TASKS = 1000;
+/** The longest `failedReason` a worker has Redis store, in characters. */
+const MAX_REASON_LENGTH = 4096;
+/** The longest stack trace a worker has Redis store per attempt, in characters. */
+const MAX_STACK_LENGTH = 16_384;
+/** How many failures, or task names, a reason lists before "and N more". */
+const MAX_LISTED = 10;
+/** How much of each listed failure's message, or of a task or job name, a reason shows. */
+const MAX_LISTED_LENGTH = 300;
+
+/**
  * Options of `bullmqTransport()`.
  * @public
  */
@@ -49,7 +63,8 @@ export interface TasksJobData {
 
 /**
  * Creates the transport that turns each response's defined tasks into one BullMQ job, which holds
- * them in order. Run the jobs with `createWorker()`.
+ * them in order. Run the jobs with `createWorker()`. A hand-off of more than 1000 tasks is refused:
+ * each of them is reported as a `HandOffError`.
  * @param options - see `BullmqTransportOptions`
  * @return the transport, for `backgroundTasks({ transport })`
  * @throws {TypeError} when `queue` is not a BullMQ queue or `jobOptions` not an object
@@ -74,6 +89,10 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
 
   return {
     send(tasks: readonly HandedOffTask[]): Promise<unknown> {
+      if (tasks.length > MAX_JOB_TASKS) {
+        return Promise.reject(new RangeError(`${tooManyTasks(tasks.length)}: a worker refuses a longer job. ` +
+          'Queue one defined task that fans out instead.'));
+      }
       const data: TasksJobData = { tasks };
       const name = tasks.map((task) => task.name).join(',');
       return withTimeout(queue.add(name, data, { ...jobOptions, jobId: randomUUID() }), timeoutMs);
@@ -98,7 +117,11 @@ export interface CreateWorkerOptions extends Omit<WorkerOptions, 'connection'> {
  * Creates a BullMQ worker that runs the jobs of `bullmqTransport()`: the tasks of each job one
  * after another, in order. A failing task does not stop the tasks behind it; the job then fails
  * with that task's error (an `AggregateError` when several failed), and a retry runs only the
- * tasks that have not succeeded yet. A task name this worker does not know fails the job visibly.
+ * tasks that have not succeeded yet. A task name this worker does not know fails the job visibly,
+ * and can be retried (by a newer worker, in a rolling deploy). A job that `bullmqTransport()` did not
+ * make (no `tasks` array, more than 1000 tasks, a task that is not `{ name, args }`) fails at once
+ * with BullMQ's `UnrecoverableError`, running none of its tasks. What a worker has Redis store of a
+ * failure is bounded: a `failedReason` of at most 4096 characters, listing at most ten failures.
  * @param options - see `CreateWorkerOptions`
  * @return the BullMQ `Worker`, already running (unless `autorun: false`); `await worker.close()`
  *   to stop it
@@ -144,31 +167,28 @@ interface TasksJobProgress {
 
 /**
  * Runs the tasks of one job in order, each failure recorded and the next task run anyway.
+ * @throws {UnrecoverableError} before running anything, when the job was not made by `bullmqTransport()`
  * @throws the failed task's error, or an `AggregateError` of them when several failed
  * @private
  */
 async function runJob(job: Job<TasksJobData>, byName: ReadonlyMap<string, DefinedTask>): Promise<void> {
-  const tasks = job.data?.tasks;
-  if (!Array.isArray(tasks)) {
-    throw new UnrecoverableError(`Job ${job.id} (${job.name}) holds no tasks: was it added by bullmqTransport()?`);
-  }
-  const succeeded = new Set(succeededBefore(job.progress));
+  const tasks = checkJob(job);
+  const succeeded = new Set(succeededBefore(job.progress, tasks.length));
   const failures: Error[] = [];
   for (const [index, { name, args }] of tasks.entries()) {
     if (succeeded.has(index)) continue;
     const task = byName.get(name);
     try {
       if (task === undefined) {
-        throw new Error(`Unknown task "${name}" in job ${job.id}: this worker runs ${[...byName.keys()].join(', ') || 'no tasks'}. ` +
-          'Pass its defineTask() definition to createWorker({ tasks }).');
+        throw new Error(`Unknown task "${clip(name, MAX_LISTED_LENGTH)}" in job ${job.id}: this worker runs ` +
+          `${listed([...byName.keys()], String, ', ') || 'no tasks'}. Pass its defineTask() definition to createWorker({ tasks }).`);
       }
       debug('job %s: started %s', job.id, name);
       await task(...(args as never));
       debug('job %s: finished %s', job.id, name);
     } catch (error) {
       debug('job %s: failed %s', job.id, name);
-      // BullMQ reads `.message` of what the processor throws: anything else would leave the job active.
-      failures.push(error instanceof Error ? error : new Error(`Task ${name} failed with ${describeError(error)}, not an Error`, { cause: error }));
+      failures.push(toFailure(name, error));
       continue;
     }
     succeeded.add(index);
@@ -176,18 +196,112 @@ async function runJob(job: Job<TasksJobData>, byName: ReadonlyMap<string, Define
   }
   if (failures.length === 1) throw failures[0];
   if (failures.length > 1) {
-    throw new AggregateError(failures, `${failures.length} of the ${tasks.length} tasks of job ${job.id} failed: ` +
-      failures.map((failure) => failure.message).join('; '));
+    const reasons = listed(failures, (failure) => clip(failure.message, MAX_LISTED_LENGTH), '; ');
+    throw new AggregateError(failures, clip(`${failures.length} of the ${tasks.length} tasks of job ${job.id} failed: ${reasons}`, MAX_REASON_LENGTH));
   }
 }
 
 /**
- * @return the indexes a previous attempt of the job recorded as succeeded
+ * @return the job's tasks, once the whole job has been checked to be what `bullmqTransport()` makes
+ * @throws {UnrecoverableError} naming the first part of the job that is not
  * @private
  */
-function succeededBefore(progress: unknown): number[] {
-  const succeeded = (progress as Partial<TasksJobProgress> | null)?.succeeded;
-  return Array.isArray(succeeded) ? succeeded : [];
+function checkJob(job: Job<TasksJobData>): readonly HandedOffTask[] {
+  const tasks: unknown = (job.data as Partial<TasksJobData> | null)?.tasks;
+  const label = `Job ${job.id} (${clip(job.name, MAX_LISTED_LENGTH)})`;
+  if (!Array.isArray(tasks)) {
+    throw new UnrecoverableError(clip(`${label} holds no tasks: was it added by bullmqTransport()?`, MAX_REASON_LENGTH));
+  }
+  const problem = findMalformed(tasks);
+  if (problem !== undefined) {
+    throw new UnrecoverableError(clip(`${label} was not made by bullmqTransport(): ${problem}`, MAX_REASON_LENGTH));
+  }
+  return tasks as HandedOffTask[];
+}
+
+/**
+ * @return what is wrong with the first task that is not a `{ name, args }`, or with their number
+ * @private
+ */
+function findMalformed(tasks: readonly unknown[]): string | undefined {
+  if (tasks.length > MAX_JOB_TASKS) return tooManyTasks(tasks.length);
+  for (const [index, task] of tasks.entries()) {
+    if (task === null || typeof task !== 'object' || Array.isArray(task)) {
+      return invalid(`tasks[${index}]`, 'an object { name, args }', task);
+    }
+    const { name, args } = task as Partial<Record<keyof HandedOffTask, unknown>>;
+    if (typeof name !== 'string' || name === '') return invalid(`tasks[${index}].name`, 'a non-empty string', name);
+    if (!Array.isArray(args)) return invalid(`tasks[${index}].args`, 'an array of arguments', args);
+  }
+  return undefined;
+}
+
+/**
+ * @return the message for a job of `count` tasks, more than a worker runs
+ * @private
+ */
+function tooManyTasks(count: number): string {
+  return `Expected \`tasks\` to hold at most ${MAX_JOB_TASKS} tasks, got ${count}`;
+}
+
+/**
+ * Turns whatever a task threw into an Error BullMQ can store. BullMQ reads the `name`, `message` and
+ * `stack` of what the processor throws: a getter that throws there (or a revoked Proxy, which even
+ * `instanceof` throws on) would leave the job active until the stalled-job check fails it.
+ * @param name - the task's name, for the message
+ * @param thrown - what the task threw or rejected with
+ * @return `thrown` itself when it is a readable Error of bounded size, otherwise a new Error with a
+ *   bounded message (and `thrown` as its `cause`)
+ * @private
+ */
+function toFailure(name: string, thrown: unknown): Error {
+  let isError = false;
+  try {
+    isError = thrown instanceof Error;
+    if (isError) {
+      const { name: errorName, message, stack } = thrown as Error;
+      if (typeof errorName === 'string' && typeof message === 'string' && (stack === undefined || typeof stack === 'string')) {
+        if (message.length <= MAX_REASON_LENGTH && (stack?.length ?? 0) <= MAX_STACK_LENGTH) return thrown as Error;
+        const bounded = new Error(clip(message, MAX_REASON_LENGTH), { cause: thrown });
+        bounded.name = errorName; // an UnrecoverableError stays one
+        if (stack !== undefined) bounded.stack = clip(stack, MAX_STACK_LENGTH);
+        return bounded;
+      }
+    }
+  } catch {
+    // Described below, without touching it again.
+  }
+  const described = isError ? 'an Error whose name, message or stack cannot be read' : `${describeError(thrown)}, not an Error`;
+  return new Error(clip(`Task ${name} failed with ${described}`, MAX_REASON_LENGTH), { cause: thrown });
+}
+
+/**
+ * @return the first `MAX_LISTED` of `items`, each shown by `show`, joined by `separator`, then how
+ *   many more there are
+ * @private
+ */
+function listed<T>(items: readonly T[], show: (item: T) => string, separator: string): string {
+  const shown = items.slice(0, MAX_LISTED).map(show);
+  if (items.length > MAX_LISTED) shown.push(`and ${items.length - MAX_LISTED} more`);
+  return shown.join(separator);
+}
+
+/**
+ * @return `text`, cut to `max` characters, the last of them `…`, when it is longer
+ * @private
+ */
+function clip(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
+/**
+ * @return the indexes, among the job's `count` tasks, that a previous attempt recorded as succeeded
+ * @private
+ */
+function succeededBefore(progress: unknown, count: number): number[] {
+  const succeeded: unknown = (progress as Partial<TasksJobProgress> | null)?.succeeded;
+  if (!Array.isArray(succeeded)) return [];
+  return succeeded.filter((index): index is number => Number.isInteger(index) && index >= 0 && index < count);
 }
 
 /**

@@ -5,9 +5,9 @@ import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { after, describe, test } from 'node:test';
-import { type Job, Queue, type Worker } from 'bullmq';
+import { type Job, type JobsOptions, Queue, type Worker } from 'bullmq';
 import express from 'express';
-import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions, type TaskInfo } from '../lib/index.js';
+import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions, type DefinedTask, type TaskInfo } from '../lib/index.js';
 import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
 import { deferred, withServer } from './support/http.js';
 import { freePort, startRedis, uniqueQueue, waitForOutput, type Redis } from './support/redis.js';
@@ -41,6 +41,33 @@ function jobEvents(worker: Worker, event: 'completed' | 'failed', count: number)
     if (job !== undefined && jobs.push(job) === count) done.resolve(jobs);
   });
   return done.promise;
+}
+
+/**
+ * Adds a job holding `data` straight to a new queue, as no transport would, and runs it on a worker
+ * that knows `tasks` and `rec` (which records its arguments). Resolves once the job has completed
+ * or failed for the first time, with the job and its state as Redis then stores them; rejects when
+ * the worker reports an error instead, which is BullMQ failing to record the outcome (the job would
+ * stay active until the stalled-job check).
+ */
+async function runStoredJob(data: unknown, tasks: readonly DefinedTask[] = [], jobOptions?: JobsOptions):
+Promise<{ state: string; job: Job<TasksJobData>; recorded: unknown[][] }> {
+  const queue = await uniqueQueue(redis as Redis);
+  const recorded: unknown[][] = [];
+  const rec = defineTask('rec', (...args: unknown[]) => void recorded.push(args));
+  const worker = createWorker({ queueName: queue.name, connection, tasks: [rec, ...tasks] });
+  opened.push(queue, worker);
+  const settled = new Promise<void>((resolve, reject) => {
+    worker.once('completed', () => resolve());
+    worker.once('failed', () => resolve());
+    worker.once('error', reject);
+  });
+  const { id } = await queue.add('malformed', data, jobOptions);
+  await settled;
+  const state = await queue.getJobState(id as string);
+  const job = (await queue.getJob(id as string)) as Job<TasksJobData>;
+  await closeOpened();
+  return { state, job, recorded };
 }
 
 describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
@@ -250,6 +277,110 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     assert.match(job.failedReason, /^Unknown task "ghost" in job \S+: this worker runs greet\. Pass its defineTask\(\) definition to createWorker\(\{ tasks \}\)\.$/);
     assert.deepEqual(known, ['Ada']);
     assert.equal(await queue.getJobState(job.id as string), 'failed');
+    await closeOpened();
+  });
+
+  const { proxy: revoked, revoke } = Proxy.revocable({}, {});
+  revoke();
+  const unreadable = Object.defineProperty(new Error('hidden'), 'message', {
+    get(): never {
+      throw new Error('no message for you');
+    },
+  });
+  const hostileOutcomes: { outcome: string; run: () => unknown; reason: RegExp }[] = [
+    {
+      outcome: 'throws a revoked Proxy',
+      run: () => {
+        throw revoked;
+      },
+      reason: /^Task hostile failed with a thrown object that cannot be shown, not an Error$/,
+    },
+    {
+      outcome: 'returns a thenable whose `then` getter throws a revoked Proxy',
+      run: () => ({
+        get then(): never {
+          throw revoked;
+        },
+      }),
+      reason: /^Task hostile failed with a thrown object that cannot be shown, not an Error$/,
+    },
+    {
+      outcome: 'throws an Error whose `message` getter throws',
+      run: () => {
+        throw unreadable;
+      },
+      reason: /^Task hostile failed with an Error whose name, message or stack cannot be read$/,
+    },
+    { outcome: 'rejects with null', run: () => Promise.reject(null), reason: /^Task hostile failed with null, not an Error$/ },
+    { outcome: 'rejects with a Symbol', run: () => Promise.reject(Symbol('boom')), reason: /^Task hostile failed with Symbol\(boom\), not an Error$/ },
+    { outcome: 'rejects with a 1 MB string', run: () => Promise.reject('x'.repeat(2 ** 20)), reason: /^Task hostile failed with x+…$/ },
+    { outcome: 'rejects with an Error with a 1 MB message', run: () => Promise.reject(new Error('x'.repeat(2 ** 20))), reason: /^x+…$/ },
+  ];
+  for (const { outcome, run, reason } of hostileOutcomes) {
+    test(`a task that ${outcome} fails its job at once with a short reason; the task behind it still runs`, async () => {
+      const hostile = defineTask('hostile', run);
+      const { state, job, recorded } = await runStoredJob({ tasks: [{ name: 'hostile', args: [] }, { name: 'rec', args: ['behind'] }] }, [hostile]);
+      assert.equal(state, 'failed');
+      assert.match(job.failedReason, reason);
+      assert.ok(job.failedReason.length <= 4096, `failedReason of ${job.failedReason.length} characters`);
+      for (const stack of job.stacktrace ?? []) assert.ok(stack.length <= 16_384, `a stack trace of ${stack.length} characters`);
+      assert.deepEqual(recorded, [['behind']]);
+    });
+  }
+
+  const malformedJobs: { shape: string; tasks: unknown; reason: string }[] = [
+    { shape: 'holding null as a task', tasks: [{ name: 'rec', args: ['a'] }, null, { name: 'rec', args: ['c'] }], reason: 'Expected `tasks[1]` to be an object { name, args }, got `null` (object)' },
+    { shape: 'holding an array as a task', tasks: [['rec', []]], reason: "Expected `tasks[0]` to be an object { name, args }, got `[ 'rec', [] ]` (object)" },
+    { shape: 'whose task name is not a string', tasks: [{ name: 7, args: [] }], reason: 'Expected `tasks[0].name` to be a non-empty string, got `7` (number)' },
+    { shape: 'whose task args is a string', tasks: [{ name: 'rec', args: ['a'] }, { name: 'rec', args: 'abc' }], reason: 'Expected `tasks[1].args` to be an array of arguments, got `abc` (string)' },
+    { shape: 'whose task has no args', tasks: [{ name: 'rec' }], reason: 'Expected `tasks[0].args` to be an array of arguments, got `undefined` (undefined)' },
+    {
+      shape: 'of 20,000 tasks',
+      tasks: Array.from({ length: 20_000 }, (_, i) => ({ name: `unknown-${i}`, args: [] })),
+      reason: 'Expected `tasks` to hold at most 1000 tasks, got 20000',
+    },
+  ];
+  for (const { shape, tasks, reason } of malformedJobs) {
+    test(`a job ${shape} fails at once, without retries, and runs none of its tasks`, async () => {
+      const { state, job, recorded } = await runStoredJob({ tasks }, [], { attempts: 3 });
+      assert.equal(state, 'failed');
+      assert.equal(job.failedReason, `Job ${job.id} (malformed) was not made by bullmqTransport(): ${reason}`);
+      assert.equal(job.attemptsMade, 1);
+      assert.deepEqual(recorded, []);
+    });
+  }
+
+  test('a job of 1,000 tasks the worker does not know fails with a reason of a few KB, listing the first ten', async () => {
+    const known = Array.from({ length: 50 }, (_, i) => defineTask(`known-${i}`, () => {}));
+    const tasks = Array.from({ length: 1000 }, (_, i) => ({ name: `ghost-${i}`, args: [] }));
+    const { state, job } = await runStoredJob({ tasks }, known);
+    assert.equal(state, 'failed');
+    assert.ok(job.failedReason.length <= 4096, `failedReason of ${job.failedReason.length} characters`);
+    const unknown = (i: number): string => `Unknown task "ghost-${i}" in job ${job.id}: this worker runs rec, known-0, known-1, known-2, known-3, ` +
+      'known-4, known-5, known-6, known-7, known-8, and 41 more. Pass its defineTask() definition to createWorker({ tasks }).';
+    const listed = Array.from({ length: 10 }, (_, i) => unknown(i)).join('; ');
+    assert.equal(job.failedReason, `1000 of the 1000 tasks of job ${job.id} failed: ${listed}; and 990 more`);
+  });
+
+  test('a response with more than 1,000 defined tasks is refused at the hand-off, each task reported', async () => {
+    const queue = await uniqueQueue(redis as Redis);
+    opened.push(queue);
+    const reported: unknown[] = [];
+    const notify = defineTask('notify', (_i: number) => {});
+    const { app, tasks } = appWith({ transport: bullmqTransport({ queue }), onError: (error) => reported.push(error) }, (_req, res) => {
+      for (let i = 0; i < 1001; i++) res.locals.tasks.add(notify, i);
+      res.end();
+    });
+    await withServer(app, async ({ url }) => {
+      await fetch(`${url}/1`, { method: 'POST' });
+      await tasks.drain();
+    });
+    assert.equal(reported.length, 1001);
+    for (const error of reported) {
+      assert.ok(error instanceof HandOffError);
+      assert.match(error.message, /^Task notify could not be handed off: Expected `tasks` to hold at most 1000 tasks, got 1001: /);
+    }
+    assert.equal(await queue.count(), 0);
     await closeOpened();
   });
 
