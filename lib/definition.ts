@@ -1,4 +1,5 @@
 import { invalid } from './errors.js';
+import { keepSignalTaker } from './signal.js';
 
 /**
  * A function with a name every process agrees on, made by `defineTask()`. Calling it calls the
@@ -40,6 +41,7 @@ export function defineTask<A extends unknown[], R>(name: string, fn: (this: void
     throw new TypeError(invalid('fn', 'a function', fn));
   }
   const task = (...args: A): R => fn(...args);
+  keepSignalTaker(task, fn);
   // Not configurable: the name a job stores is `task.name`, so it must stay the defined name.
   return Object.defineProperties(task, {
     name: { value: name, configurable: false },

@@ -6,8 +6,8 @@
 import { inspect } from 'node:util';
 
 /**
- * Reported to `onError` when a task is still running after `timeout` ms.
- * The task's work is not cancelled; the queue stops waiting for it.
+ * Reported to `onError` when a task is still running after `timeout` ms. The queue stops waiting
+ * for it; a task made by `withSignal()` has its signal aborted with this error as the reason.
  * @public
  */
 export class TimeoutError extends Error {
@@ -20,6 +20,15 @@ export class TimeoutError extends Error {
  */
 export class QueueFullError extends Error {
   override name = 'QueueFullError' as const;
+}
+
+/**
+ * Reported to `onError` for each task that `close()` gave up on at its deadline: still running
+ * (its signal is aborted), or still queued (it never ran).
+ * @public
+ */
+export class ShutdownError extends Error {
+  override name = 'ShutdownError' as const;
 }
 
 /**

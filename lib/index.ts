@@ -12,7 +12,9 @@ export { defineTask } from './definition.js';
 export type { DefinedTask } from './definition.js';
 export type { TaskQueue } from './queue.js';
 export type { TaskTraceContext } from './task.js';
-export { HandOffError, QueueFullError, TimeoutError } from './errors.js';
+export { HandOffError, QueueFullError, ShutdownError, TimeoutError } from './errors.js';
+export { withSignal } from './signal.js';
+export type { CloseOptions, CloseSummary } from './shutdown.js';
 
 declare global {
   namespace Express {

@@ -2,6 +2,7 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { resolveOptions, type BackgroundTasksOptions } from './options.js';
 import { ResponseQueue } from './queue.js';
 import { Scheduler } from './scheduler.js';
+import { type CloseOptions, type CloseSummary, closeTasks } from './shutdown.js';
 import { debug } from './task.js';
 
 /**
@@ -17,6 +18,23 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
   drain(): Promise<void>;
   /** Tasks queued or running, across all responses served by this middleware. */
   readonly pending: number;
+  /**
+   * Shuts down for a process about to exit: every response served from now on carries
+   * `Connection: close`, so keep-alive clients move on; pending tasks, and those the requests in
+   * flight add, run until `timeout`; the rest are reported to `onError` as `ShutdownError`s (their
+   * signals aborted). Tasks added after it resolved are reported, not run. Call it beside
+   * `server.close()`; calling it again returns the same promise.
+   * @param options - `{ timeout }`, in ms (default 10000)
+   * @return what became of the pending tasks
+   * @throws {TypeError|RangeError} for an invalid `timeout`
+   * @example
+   * process.once('SIGTERM', async () => {
+   *   server.close();
+   *   const { abandoned } = await tasks.close({ timeout: 10_000 });
+   *   process.exit(abandoned === 0 ? 0 : 1);
+   * });
+   */
+  close(options?: CloseOptions): Promise<CloseSummary>;
 }
 
 /**
@@ -38,15 +56,19 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
 export function backgroundTasks(options?: BackgroundTasksOptions): BackgroundTasksMiddleware {
   const scheduler = new Scheduler(resolveOptions(options));
 
+  let closed: Promise<CloseSummary> | undefined;
+
   function backgroundTasksMiddleware(req: Request, res: Response, next: NextFunction): void {
     // Mounted twice (app and router): keep the first queue, so each task runs once.
     if (res.locals.tasks === undefined) res.locals.tasks = new ResponseQueue(scheduler, req, res);
     else debug('res.locals.tasks already set: the first middleware mounted keeps this response');
+    if (scheduler.closing && !res.headersSent) res.setHeader('Connection', 'close');
     next();
   }
 
   return Object.defineProperties(backgroundTasksMiddleware as BackgroundTasksMiddleware, {
     drain: { value: () => scheduler.drain() },
     pending: { get: () => scheduler.pending, enumerable: true },
+    close: { value: (closeOptions?: CloseOptions) => (closed ??= closeTasks(scheduler, closeOptions)) },
   });
 }

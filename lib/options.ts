@@ -8,15 +8,16 @@ import { describeError, invalid } from './errors.js';
 export interface BackgroundTasksOptions {
   /**
    * Called with each error a task throws or rejects with (and each `TimeoutError`).
-   * Whatever it throws is caught and written to stderr.
+   * Whatever it throws, or rejects with when it returns a promise, is caught and written to stderr.
    * @default writes the task name and the error's stack to stderr
    * @example
    * backgroundTasks({ onError: (error, { name, req }) => logger.error({ err: error, task: name, url: req.originalUrl }) })
    */
-  readonly onError?: ((error: unknown, info: TaskInfo) => void) | undefined;
+  readonly onError?: ((error: unknown, info: TaskInfo) => unknown) | undefined;
   /**
    * Milliseconds a task that returned a promise may run before it is reported as a `TimeoutError`
-   * and its queue moves on. The task itself is not cancelled. A synchronous task cannot be timed out.
+   * and its queue moves on. A task made by `withSignal()` has its signal aborted then; any other
+   * task's work goes on unobserved. A synchronous task cannot be timed out.
    * @default Infinity
    */
   readonly timeout?: number | undefined;
@@ -38,6 +39,17 @@ export interface BackgroundTasksOptions {
    * @default 'always'
    */
   readonly runOn?: 'always' | 'success' | undefined;
+  /**
+   * Wraps each run of a task in this process: called with the task's info and a function that runs
+   * it, and returns what that function returns. Whatever the task does then happens inside what
+   * `around` set up: the active span of a tracer, a child logger, a Sentry scope. Call `run` once.
+   * A synchronous `around` keeps a synchronous task synchronous. What `around` throws or rejects
+   * with is reported to `onError` as the task's failure.
+   * @default none: tasks are called directly
+   * @example
+   * backgroundTasks({ around: (info, run) => logger.child({ task: info.name, requestId: info.requestId }).run(run) })
+   */
+  readonly around?: ((info: TaskInfo, run: () => unknown) => unknown) | undefined;
   /**
    * Where tasks made by `defineTask()` go instead of running here, e.g. `bullmqTransport({ queue })`
    * from `express-background-tasks/bullmq`. Once the response has been flushed, its defined tasks
@@ -80,14 +92,26 @@ export interface HandedOffTask {
 }
 
 /**
- * What `onError` learns about the task that failed.
+ * What `onError`, `around` and the tracing channel learn about a task and its request.
  * @public
  */
 export interface TaskInfo {
-  /** The task function's `name`, or `'anonymous'`. */
+  /** The task function's `name` (a defined task's name), or `'anonymous'`. */
   readonly name: string;
   /** The request whose response queued the task. */
   readonly req: Request;
+  /** `req.method`. */
+  readonly method: string;
+  /** `req.originalUrl`: the URL as the client sent it, query string included. */
+  readonly url: string;
+  /** The response's status code: its final one, as tasks start once the response has been sent. */
+  readonly status: number;
+  /** `req.id`, as pino-http and express-request-id set it, when it is a string or a number. */
+  readonly requestId: string | undefined;
+  /** Milliseconds from `add()` until the task started (until now, for a task that never started). */
+  readonly waitMs: number;
+  /** Milliseconds the task ran until it failed, timed out or was abandoned; `undefined` while it runs. */
+  readonly durationMs: number | undefined;
 }
 
 /**
@@ -95,7 +119,8 @@ export interface TaskInfo {
  * @internal
  */
 export interface Settings {
-  readonly onError: (error: unknown, info: TaskInfo) => void;
+  readonly onError: (error: unknown, info: TaskInfo) => unknown;
+  readonly around: ((info: TaskInfo, run: () => unknown) => unknown) | undefined;
   readonly timeout: number;
   readonly concurrency: number;
   readonly maxPending: number;
@@ -118,6 +143,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
 
   const {
     onError = reportToStderr,
+    around,
     timeout = Infinity,
     concurrency = Infinity,
     maxPending = Infinity,
@@ -127,6 +153,9 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
   } = options;
   if (typeof onError !== 'function') {
     throw new TypeError(invalid('onError', 'a function', onError));
+  }
+  if (around !== undefined && typeof around !== 'function') {
+    throw new TypeError(invalid('around', 'a function (info, run) => run()', around));
   }
   if (runOn !== 'always' && runOn !== 'success') {
     throw new TypeError(invalid('runOn', "'always' or 'success'", runOn));
@@ -139,6 +168,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
   }
   return {
     onError,
+    around,
     timeout: checkTimeout(timeout, true),
     concurrency: checkCount('concurrency', concurrency),
     maxPending: checkCount('maxPending', maxPending),

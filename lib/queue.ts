@@ -2,10 +2,10 @@ import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
 import { checkJsonArgs, definedName } from './definition.js';
-import { HandOffError, invalid, messageOf } from './errors.js';
-import type { TaskTransport } from './options.js';
-import type { Runnable, Scheduler } from './scheduler.js';
-import { debug, report, runTask, Task, taskName, type TaskRun, taskTracing, whenSettled } from './task.js';
+import { HandOffError, invalid, messageOf, ShutdownError } from './errors.js';
+import type { Settings, TaskTransport } from './options.js';
+import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
+import { type Abandon, debug, report, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing, whenSettled } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -52,7 +52,7 @@ const END_WAIT_MS = 30_000;
  * re-adding itself, say) wait for the next turn, after the event loop has turned.
  * @internal
  */
-export class ResponseQueue implements TaskQueue, Runnable {
+export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
   nextWaiting: Runnable | undefined = undefined;
   readonly #scheduler: Scheduler;
   readonly #req: Request;
@@ -68,6 +68,11 @@ export class ResponseQueue implements TaskQueue, Runnable {
   /** Defined tasks waiting to be handed to the transport; allocated by the first. */
   #toHandOff: Task[] | undefined = undefined;
   #onSettled: (() => void) | undefined = undefined;
+  /** Tasks of this response queued, running or being handed off. */
+  #pending = 0;
+  /** The task that returned a promise and has not settled yet, and the way to give up on it. */
+  #running: Task | undefined = undefined;
+  #abandonRunning: Abandon | undefined = undefined;
 
   constructor(scheduler: Scheduler, req: Request, res: Response) {
     this.#scheduler = scheduler;
@@ -89,7 +94,15 @@ export class ResponseQueue implements TaskQueue, Runnable {
       debug('dropped %s: response status %d', taskName(fn), this.#res.statusCode);
       return this;
     }
+    if (this.#scheduler.closed) {
+      refuseAfterClose(fn, this.#req, this.#res, this.#scheduler.settings);
+      return this;
+    }
     this.#scheduler.admit(fn);
+    if (this.#pending++ === 0) {
+      this.#scheduler.active.add(this);
+      if (this.#scheduler.closing) this.closing();
+    }
     const task = new Task(fn as (...args: never[]) => unknown, args);
     const handedOff = durableName !== undefined && this.#scheduler.settings.transport !== undefined;
     if (handedOff) (this.#toHandOff ??= []).push(task);
@@ -120,6 +133,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
   run(): void {
     const run: TaskRun = {
       req: this.#req,
+      res: this.#res,
       settings: this.#scheduler.settings,
       traced: taskTracing.hasSubscribers,
       debugging: debug.enabled,
@@ -130,11 +144,14 @@ export class ResponseQueue implements TaskQueue, Runnable {
       if (this.#head === undefined) this.#tail = undefined;
       this.#size--;
       const lastOfTurn = task === this.#lastOfTurn;
-      if (!runTask(task, run)) {
+      const abandon = runTask(task, run);
+      if (abandon !== undefined) {
+        this.#running = task;
+        this.#abandonRunning = abandon;
         this.#turnEnding = lastOfTurn;
         return;
       }
-      this.#scheduler.settle(1);
+      this.#settle(1);
       if (lastOfTurn) break;
     }
     this.#endTurn();
@@ -145,7 +162,8 @@ export class ResponseQueue implements TaskQueue, Runnable {
    * with a `concurrency` limit the responses waiting take turns.
    */
   #settledAsync(): void {
-    this.#scheduler.settle(1);
+    this.#running = this.#abandonRunning = undefined;
+    this.#settle(1);
     if (this.#turnEnding || this.#head === undefined) {
       this.#endTurn();
     } else {
@@ -188,7 +206,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
     if (this.#scheduler.settings.dropOnFailure && (!this.#res.writableEnded || this.#res.statusCode >= 400)) {
       if (this.#res.writableEnded) debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
       else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.#size, END_WAIT_MS);
-      this.#scheduler.settle(this.#size);
+      this.#settle(this.#size);
       this.#head = this.#tail = undefined;
       this.#toHandOff = undefined;
       this.#size = 0;
@@ -202,6 +220,43 @@ export class ResponseQueue implements TaskQueue, Runnable {
       this.#phase = 'active';
       this.#startTurn();
     }
+  }
+
+  /**
+   * At the start of `close()`: a response not sent yet tells its client to close the connection.
+   */
+  closing(): void {
+    if (!this.#res.headersSent) this.#res.setHeader('Connection', 'close');
+  }
+
+  /**
+   * At the deadline of `close()`: reports every task still queued, and the one running, as a
+   * `ShutdownError`, aborts the running task's signal, and counts them all settled. Tasks being
+   * handed off are left to their transport's timeout.
+   * @return how many tasks were abandoned
+   */
+  abandon(deadlineMs: number): number {
+    const { settings } = this.#scheduler;
+    const queued: Task[] = [...(this.#toHandOff ?? [])];
+    for (let task = this.#head; task !== undefined; task = task.next) queued.push(task);
+    this.#head = this.#tail = this.#toHandOff = undefined;
+    this.#size = 0;
+    for (const task of queued) {
+      const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: still queued ${deadlineMs} ms after close()`);
+      task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), settings);
+    }
+    if (queued.length > 0) this.#settle(queued.length);
+    const running = this.#running;
+    if (running === undefined) return queued.length;
+    (this.#abandonRunning as Abandon)(new ShutdownError(`Task ${taskName(running.fn)} was abandoned at shutdown: still running ${deadlineMs} ms after close()`));
+    return queued.length + 1;
+  }
+
+  /** Counts `count` of this response's tasks settled; a queue with none pending leaves the active set. */
+  #settle(count: number): void {
+    this.#pending -= count;
+    if (this.#pending === 0) this.#scheduler.active.delete(this);
+    this.#scheduler.settle(count);
   }
 
   /** Appends `task` to the tasks that run in this process. */
@@ -233,7 +288,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
       sent,
       () => {
         if (debug.enabled) debug('handed off %d task(s): %s', tasks.length, tasks.map((task) => taskName(task.fn)).join(', '));
-        this.#scheduler.settle(tasks.length);
+        this.#settle(tasks.length);
       },
       (error) => this.#handOffFailed(tasks, error),
     );
@@ -249,10 +304,10 @@ export class ResponseQueue implements TaskQueue, Runnable {
     for (const task of tasks) {
       const name = taskName(task.fn);
       const error = new HandOffError(`Task ${name} could not be handed off${fallback ? ', so it runs in this process' : ''}: ${reason}`, { cause });
-      task.runInAsyncScope(report, undefined, error, name, this.#req, settings);
+      task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), settings);
     }
     if (!fallback) {
-      this.#scheduler.settle(tasks.length);
+      this.#settle(tasks.length);
       return;
     }
     for (const task of tasks) this.#append(task);
@@ -262,6 +317,16 @@ export class ResponseQueue implements TaskQueue, Runnable {
       this.#startTurn();
     }
   }
+}
+
+/**
+ * Reports a task added after `close()` has resolved: nothing would run it before the process exits.
+ * @private
+ */
+function refuseAfterClose(fn: (...args: never[]) => unknown, req: Request, res: Response, settings: Settings): void {
+  const task = new Task(fn, []);
+  const error = new ShutdownError(`Task ${taskName(fn)} was added after close() had resolved, so it does not run`);
+  report(error, taskInfo(task, req, res, false), settings);
 }
 
 /**

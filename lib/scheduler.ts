@@ -14,6 +14,21 @@ export interface Runnable {
 }
 
 /**
+ * What `close()` needs of a response's queue that holds pending tasks.
+ * @internal
+ */
+export interface ActiveQueue {
+  /** Asks the response, if not sent yet, to close its connection. */
+  closing(): void;
+  /**
+   * Reports the queue's tasks as abandoned and stops waiting for them.
+   * @param deadlineMs - how long `close()` waited, for the reports
+   * @return how many tasks were abandoned
+   */
+  abandon(deadlineMs: number): number;
+}
+
+/**
  * The state one middleware instance shares across its responses: how many tasks are pending,
  * which queues hold one of the `concurrency` slots, which wait for one, and who awaits `drain()`.
  * @internal
@@ -21,6 +36,14 @@ export interface Runnable {
 export class Scheduler {
   /** Tasks queued or running, across all responses. */
   pending = 0;
+  /** Tasks settled (run, failed, handed off, dropped or abandoned) since the middleware was made. */
+  settledCount = 0;
+  /** The queues with a pending task. */
+  readonly active = new Set<ActiveQueue>();
+  /** Set by `close()`: responses served from then on close their connections. */
+  closing = false;
+  /** Set once `close()` has resolved: tasks added later are reported, not run. */
+  closed = false;
   readonly settings: Settings;
   #running = 0;
   #waitingHead: Runnable | undefined = undefined;
@@ -49,6 +72,7 @@ export class Scheduler {
    */
   settle(count: number): void {
     this.pending -= count;
+    this.settledCount += count;
     if (this.pending === 0 && this.#resolveIdle !== undefined) {
       const resolveIdle = this.#resolveIdle;
       this.#idle = this.#resolveIdle = undefined;

@@ -2,9 +2,10 @@ import { AsyncResource } from 'node:async_hooks';
 import diagnostics from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import createDebug from 'debug';
-import type { Request } from 'express';
+import type { Request, Response } from 'express';
 import { describeError, TimeoutError } from './errors.js';
-import type { Settings } from './options.js';
+import type { Settings, TaskInfo } from './options.js';
+import { signalTaker } from './signal.js';
 
 /**
  * The `debug` logger of the whole library: `DEBUG=express-background-tasks`.
@@ -13,14 +14,11 @@ import type { Settings } from './options.js';
 export const debug = createDebug('express-background-tasks');
 
 /**
- * What subscribers of the `express-background-tasks:task` tracing channel receive.
+ * What subscribers of the `express-background-tasks:task` tracing channel receive: the task's
+ * `TaskInfo` as it starts (`durationMs` is left to subscribers to measure), then its outcome.
  * @public
  */
-export interface TaskTraceContext {
-  /** The task function's `name`, or `'anonymous'`. */
-  readonly name: string;
-  /** The request whose response queued the task. */
-  readonly req: Request;
+export interface TaskTraceContext extends TaskInfo {
   /** What the task threw or rejected with (set before the `error` event). */
   error?: unknown;
   /**
@@ -39,21 +37,50 @@ export interface TaskTraceContext {
 export const taskTracing = diagnostics.tracingChannel<unknown, TaskTraceContext>('express-background-tasks:task');
 
 /**
- * One queued call: the function, its arguments, and the async context of the `add()` call
- * (the task is its own `AsyncResource`, so binding the context costs no extra object).
+ * One queued call: the function, its arguments, when it was queued, and the async context of the
+ * `add()` call (the task is its own `AsyncResource`, so binding the context costs no extra object).
  * @internal
  */
 export class Task extends AsyncResource {
   readonly fn: (...args: never[]) => unknown;
   readonly args: unknown[];
+  /** `performance.now()` at `add()`. */
+  readonly queuedAt = performance.now();
+  /** `performance.now()` when it started; 0 before. */
+  startedAt = 0;
   /** The task queued after this one in the same response. */
   next: Task | undefined = undefined;
+  /** Aborts the signal of a task made with `withSignal()`, once it runs. */
+  controller: AbortController | undefined = undefined;
 
   constructor(fn: (...args: never[]) => unknown, args: unknown[]) {
     super('express-background-tasks');
     this.fn = fn;
     this.args = args;
   }
+}
+
+/**
+ * Stops waiting for a running task: reports `error` as its failure, aborts its signal, and lets
+ * its queue move on. Does nothing once the task has settled.
+ * @internal
+ */
+export type Abandon = (error: Error) => void;
+
+/**
+ * What running the tasks of one response needs, gathered once per run of its queue.
+ * @internal
+ */
+export interface TaskRun {
+  readonly req: Request;
+  readonly res: Response;
+  readonly settings: Settings;
+  /** Whether the tracing channel has subscribers (read once per run). */
+  readonly traced: boolean;
+  /** Whether `debug` is enabled (read once per run: its getter is not free). */
+  readonly debugging: boolean;
+  /** Called once a task that returned a promise has settled, timed out or been abandoned. */
+  readonly settled: () => void;
 }
 
 /**
@@ -69,45 +96,33 @@ export function taskName(fn: { name: string }): string {
 }
 
 /**
- * What running the tasks of one response needs, gathered once per turn of its queue.
+ * Runs `task` in the async context of its `add()` call, through `around` and the tracing channel
+ * when there are. Whatever it throws, returns or rejects with goes to `onError` at most once, with
+ * a timeout; nothing escapes.
+ * @return `undefined` when the task settled synchronously, otherwise the way to abandon it
+ *   (`run.settled` is then called once it settles)
  * @internal
  */
-export interface TaskRun {
-  /** The request whose response queued the tasks, for `onError` and tracing. */
-  readonly req: Request;
-  readonly settings: Settings;
-  /** Whether the tracing channel has subscribers (read once per turn). */
-  readonly traced: boolean;
-  /** Whether `debug` is enabled (read once per turn: its getter is not free). */
-  readonly debugging: boolean;
-  /** Called once a task that returned a promise has settled or timed out. */
-  readonly settled: () => void;
-}
-
-/**
- * Runs `task` in the async context of its `add()` call. Whatever it throws, returns or rejects
- * with goes to `onError` at most once, with a timeout; nothing escapes.
- * @return true when the task settled synchronously (`run.settled` is then not called)
- * @internal
- */
-export function runTask(task: Task, run: TaskRun): boolean {
-  const context = run.traced ? { name: taskName(task.fn), req: run.req } : undefined;
-  const startedAt = run.debugging ? started(task) : 0;
+export function runTask(task: Task, run: TaskRun): Abandon | undefined {
+  task.startedAt = performance.now();
+  const { settings } = run;
+  const plain = !run.traced && settings.around === undefined && signalTaker(task.fn) === undefined;
+  const context: TaskTraceContext | undefined = plain ? undefined : taskInfo(task, run.req, run.res, false);
+  if (run.debugging) started(task, run);
   let result: unknown;
   try {
-    result = context === undefined
+    result = plain
       ? task.runInAsyncScope(task.fn as (...args: unknown[]) => unknown, undefined, ...task.args)
-      : task.runInAsyncScope(traceCall, undefined, task, context);
+      : task.runInAsyncScope(callTask, undefined, task, run, context);
     if (!isThenable(result)) {
-      if (startedAt !== 0) finished(task, startedAt);
-      return true;
+      if (run.debugging) finished(task);
+      return undefined;
     }
   } catch (error) {
-    task.runInAsyncScope(report, undefined, error, taskName(task.fn), run.req, run.settings);
-    return true;
+    task.runInAsyncScope(report, undefined, error, taskInfo(task, run.req, run.res, true), settings);
+    return undefined;
   }
-  awaitTask(task, result, run, context, startedAt);
-  return false;
+  return awaitTask(task, result, run, context);
 }
 
 /**
@@ -133,23 +148,81 @@ export async function whenSettled(
 }
 
 /**
- * Waits for a task's promise, or for `timeout`, whichever comes first.
+ * What `onError`, `around` and tracing learn of a task.
+ * @param ended - whether the task has ended, so `durationMs` is known
+ * @internal
+ */
+export function taskInfo(task: Task, req: Request, res: Response, ended: boolean): TaskInfo {
+  const now = performance.now();
+  const startedAt = task.startedAt === 0 ? now : task.startedAt;
+  return {
+    name: taskName(task.fn),
+    req,
+    method: req.method,
+    url: req.originalUrl,
+    status: res.statusCode,
+    requestId: requestIdOf(req),
+    waitMs: startedAt - task.queuedAt,
+    durationMs: ended && task.startedAt !== 0 ? now - task.startedAt : undefined,
+  };
+}
+
+/**
+ * Hands a task's error to `onError`; an `onError` that throws, or returns a promise that rejects,
+ * is reported on stderr. Never throws: it runs inside on-finished callbacks and the queue's loop.
+ * @internal
+ */
+export function report(error: unknown, info: TaskInfo, settings: Settings): void {
+  if (debug.enabled) debug('failed %s%s: %s', info.name, describeRequest(info), describeError(error));
+  try {
+    const returned = settings.onError(error, info);
+    if (isThenable(returned)) void whenSettled(returned, ignore, (rejection) => reportOnErrorFailure('rejected', rejection, error, info.name));
+  } catch (onErrorFailure) {
+    reportOnErrorFailure('threw', onErrorFailure, error, info.name);
+  }
+}
+
+/**
+ * Calls the task through the tracing channel (so `bindStore` subscribers see their store), inside
+ * `around`, with its signal when it was made by `withSignal()`.
  * @private
  */
-function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, context: TaskTraceContext | undefined, startedAt: number): void {
-  const { req, settings } = run;
+function callTask(task: Task, run: TaskRun, context: TaskTraceContext): unknown {
+  const { around } = run.settings;
+  const call = (): unknown => {
+    const takesSignal = signalTaker(task.fn);
+    if (takesSignal === undefined) return (task.fn as (...args: unknown[]) => unknown)(...task.args);
+    task.controller = new AbortController();
+    return takesSignal(task.controller.signal, ...task.args);
+  };
+  const wrapped = around === undefined ? call : () => around(context, call);
+  return run.traced ? taskTracing.traceSync(wrapped, context) : wrapped();
+}
+
+/**
+ * Waits for a task's promise, or for `timeout`, whichever comes first.
+ * @return the way to abandon the task at a shutdown deadline
+ * @private
+ */
+function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, context: TaskTraceContext | undefined): Abandon {
+  const { settings } = run;
   let timer: NodeJS.Timeout | undefined;
   let done = false;
+  const abandon = (error: Error): void => {
+    if (done) return;
+    task.controller?.abort(error); // before the report: the task learns it first
+    finish(true, error);
+  };
   const finish = (failed: boolean, outcome: unknown): void => {
     if (done) {
-      debug('%s settled after its timeout', taskName(task.fn));
+      debug('%s settled after it was given up on', taskName(task.fn));
       return;
     }
     done = true;
     if (timer !== undefined) clearTimeout(timer);
     // Subscribers and onError see the task's own async context, not the one that settled it.
     task.runInAsyncScope(() => {
-      if (context !== undefined) {
+      if (context !== undefined && run.traced) {
         if (failed) {
           context.error = outcome;
           taskTracing.error.publish(context);
@@ -159,40 +232,27 @@ function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, cont
         taskTracing.asyncStart.publish(context);
         taskTracing.asyncEnd.publish(context);
       }
-      if (failed) report(outcome, taskName(task.fn), req, settings);
-      else if (startedAt !== 0) finished(task, startedAt);
+      if (failed) report(outcome, taskInfo(task, run.req, run.res, true), settings);
+      else if (run.debugging) finished(task);
     });
     run.settled();
   };
   void whenSettled(promise, (value) => finish(false, value), (error) => finish(true, error));
   if (settings.timeout !== Infinity) {
     timer = setTimeout(() => {
-      finish(true, new TimeoutError(`Task ${taskName(task.fn)} did not settle within ${settings.timeout} ms`));
+      abandon(new TimeoutError(`Task ${taskName(task.fn)} did not settle within ${settings.timeout} ms`));
     }, settings.timeout);
   }
+  return abandon;
 }
 
 /**
- * Calls the task through the tracing channel, so `bindStore` subscribers see their store.
+ * @return `req.id` as pino-http and express-request-id set it, when it is a string or a number
  * @private
  */
-function traceCall(task: Task, context: TaskTraceContext): unknown {
-  return taskTracing.traceSync(task.fn as (...args: unknown[]) => unknown, context, undefined, ...task.args);
-}
-
-/**
- * Hands a task's error to `onError`; an `onError` that throws, or returns a promise that rejects,
- * is reported on stderr. Never throws: it runs inside on-finished callbacks and the queue's loop.
- * @internal
- */
-export function report(error: unknown, name: string, req: Request, settings: Settings): void {
-  if (debug.enabled) debug('failed %s: %s', name, describeError(error));
-  try {
-    const returned = settings.onError(error, { name, req });
-    if (isThenable(returned)) void whenSettled(returned, ignore, (rejection) => reportOnErrorFailure('rejected', rejection, error, name));
-  } catch (onErrorFailure) {
-    reportOnErrorFailure('threw', onErrorFailure, error, name);
-  }
+function requestIdOf(req: Request): string | undefined {
+  const id: unknown = (req as { id?: unknown }).id;
+  return typeof id === 'string' || typeof id === 'number' ? String(id) : undefined;
 }
 
 /**
@@ -206,7 +266,10 @@ function reportOnErrorFailure(how: 'threw' | 'rejected', onErrorFailure: unknown
   );
 }
 
-/** What an `onError` promise resolves to is of no interest. */
+/**
+ * What an `onError` promise resolves to is of no interest.
+ * @private
+ */
 function ignore(): void {}
 
 /**
@@ -219,19 +282,26 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
 }
 
 /**
- * Traces a task's start.
- * @return the start time for its duration
+ * Traces a task's start, with its request and queue wait.
  * @private
  */
-function started(task: Task): number {
-  debug('started %s', taskName(task.fn));
-  return performance.now();
+function started(task: Task, run: TaskRun): void {
+  const info = taskInfo(task, run.req, run.res, false);
+  debug('started %s%s, after %sms in the queue', info.name, describeRequest(info), info.waitMs.toFixed(1));
 }
 
 /**
  * Traces a task's successful end with its duration, to one decimal of a ms.
  * @private
  */
-function finished(task: Task, startedAt: number): void {
-  debug('finished %s in %sms', taskName(task.fn), (performance.now() - startedAt).toFixed(1));
+function finished(task: Task): void {
+  debug('finished %s in %sms', taskName(task.fn), (performance.now() - task.startedAt).toFixed(1));
+}
+
+/**
+ * @return " (POST /items/1 → 201, request 7f3a)" for debug lines
+ * @private
+ */
+function describeRequest(info: TaskInfo): string {
+  return ` (${info.method} ${info.url} → ${info.status}${info.requestId === undefined ? '' : `, request ${info.requestId}`})`;
 }

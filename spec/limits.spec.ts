@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { backgroundTasks, QueueFullError, TimeoutError, type TaskInfo } from '../lib/index.js';
+import { backgroundTasks, defineTask, QueueFullError, TimeoutError, type TaskInfo, withSignal } from '../lib/index.js';
 import { deferred, delay, expressVersions, trackResponses, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
@@ -33,6 +33,66 @@ for (const [label, createApp] of expressVersions) {
         assert.equal(error.name, 'TimeoutError');
         assert.match(error.message, /hangsForever.*50 ms/);
       });
+    });
+  });
+
+  describe(`${label}: withSignal()`, () => {
+    it('aborts the signal of a task still running at its timeout, with the TimeoutError as the reason', async () => {
+      const reported: unknown[] = [];
+      const tasks = backgroundTasks({ timeout: 30, onError: (error) => reported.push(error) });
+      const reasons: unknown[] = [];
+      const ran: string[] = [];
+      const fetchSlowly = withSignal((signal: AbortSignal, id: string) => new Promise<void>((resolve) => {
+        signal.addEventListener('abort', () => {
+          reasons.push(signal.reason);
+          resolve();
+        });
+        ran.push(`started ${id}`);
+      }));
+      const app = createApp();
+      app.use(tasks);
+      app.get('/:id', (req, res) => {
+        res.locals.tasks.add(fetchSlowly, String(req.params['id'])).add(() => ran.push('next'));
+        res.send('ok');
+      });
+      await withServer(app, async (server) => {
+        await (await fetch(`${server.url}/a`)).text();
+        await tasks.drain();
+      });
+      assert.deepEqual(ran, ['started a', 'next']);
+      assert.equal(reported.length, 1);
+      assert.ok(reported[0] instanceof TimeoutError);
+      assert.deepEqual(reasons, reported, 'the signal aborted with the reported TimeoutError');
+    });
+
+    it('called directly, outside a queue, gets a signal that never aborts; defineTask() keeps the signal', async () => {
+      const seen: boolean[] = [];
+      const direct = withSignal((signal: AbortSignal, n: number) => {
+        seen.push(signal.aborted);
+        return n * 2;
+      });
+      assert.equal(direct(21), 42);
+      const reasons: unknown[] = [];
+      const defined = defineTask('slow-export', withSignal((signal: AbortSignal) => new Promise<void>((resolve) => {
+        signal.addEventListener('abort', () => {
+          reasons.push(signal.reason);
+          resolve();
+        });
+      })));
+      const tasks = backgroundTasks({ timeout: 20, onError() {} });
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(defined);
+        res.send('ok');
+      });
+      await withServer(app, async (server) => {
+        await (await fetch(server.url)).text();
+        await tasks.drain();
+      });
+      assert.deepEqual(seen, [false]);
+      assert.equal(reasons.length, 1);
+      assert.ok(reasons[0] instanceof TimeoutError);
     });
   });
 

@@ -9,7 +9,7 @@ import { expressVersions, listen } from './support/http.js';
 const run = promisify(execFile);
 
 describe('DEBUG=express-background-tasks', () => {
-  it('traces each task queued, started, finished with its duration, failed, and dropped', async () => {
+  it('traces each task queued, started (with its request, status, request id and queue wait), finished with its duration, failed, and dropped', async () => {
     const { stderr } = await run(process.execPath, ['--import', 'tsx', 'spec/fixtures/debug-app.ts'], {
       env: { ...process.env, DEBUG: 'express-background-tasks', DEBUG_COLORS: '0' },
       timeout: 20_000,
@@ -18,10 +18,10 @@ describe('DEBUG=express-background-tasks', () => {
     const expected = [
       /queued sendConfirmationEmail/,
       /queued chargeCard/,
-      /started sendConfirmationEmail/,
+      /started sendConfirmationEmail \(GET \/\?order=1 → 200, request req-7\), after \d+\.\dms in the queue/,
       /finished sendConfirmationEmail in \d+\.\dms/,
-      /started chargeCard/,
-      /failed chargeCard: Error: card declined/,
+      /started chargeCard \(GET \/\?order=1 → 200, request req-7\)/,
+      /failed chargeCard \(GET \/\?order=1 → 200, request req-7\): Error: card declined/,
       /queued auditLog/,
       /dropped 1 task\(s\): response status 404/,
     ];
@@ -38,7 +38,9 @@ for (const [label, createApp] of expressVersions) {
       const record = (event: string) => (context: TaskTraceContext): void => {
         const error = context.error instanceof Error ? ` ${context.error.name}` : '';
         events.push(`${event} ${context.name} ${context.req.path}${error}`);
+        if (event === 'start') requests.push(`${context.method} ${context.url} ${context.status} waited ${context.waitMs >= 0}`);
       };
+      const requests: string[] = [];
       const channel = diagnostics.tracingChannel<unknown, TaskTraceContext>('express-background-tasks:task');
       const subscribers = {
         start: record('start'),
@@ -65,7 +67,7 @@ for (const [label, createApp] of expressVersions) {
       const server = await listen(app);
       channel.subscribe(subscribers);
       try {
-        await (await fetch(`${server.url}/traced`)).text();
+        await (await fetch(`${server.url}/traced?from=spec`)).text();
         await tasks.drain();
       } finally {
         channel.unsubscribe(subscribers);
@@ -87,6 +89,7 @@ for (const [label, createApp] of expressVersions) {
         'asyncStart hanging /traced TimeoutError',
         'asyncEnd hanging /traced TimeoutError',
       ]);
+      assert.deepEqual(requests, Array(4).fill('GET /traced?from=spec 200 waited true'));
     });
   });
 }

@@ -118,7 +118,7 @@ describe('packaging', () => {
         console.log(JSON.stringify({ names: Object.keys(tasks).sort(), loaded: require.resolve('express-background-tasks') }));
       `);
       const { names, loaded } = JSON.parse(printed) as { names: string[]; loaded: string };
-      assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask']);
+      assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'ShutdownError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask', 'withSignal']);
       assert.ok(loaded.endsWith(path.join('dist', 'cjs', 'index.js')), loaded);
     });
 
@@ -135,7 +135,7 @@ describe('packaging', () => {
         console.log(JSON.stringify({ names: Object.keys(everything).sort(), loaded: import.meta.resolve('express-background-tasks') }));
       `);
       const { names, loaded } = JSON.parse(printed) as { names: string[]; loaded: string };
-      assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask']);
+      assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'ShutdownError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask', 'withSignal']);
       assert.ok(loaded.endsWith('/dist/esm/index.js'), loaded);
     });
 

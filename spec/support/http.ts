@@ -135,14 +135,15 @@ export async function captureStderr(run: () => Promise<void>): Promise<string> {
   return chunks.join('');
 }
 
-/** GETs `url` over `agent` (keep-alive connections); resolves with the body. */
+/** GETs `url` over `agent` (keep-alive connections); resolves with the body read in full, rejects on any error. */
 export function get(url: string, agent: Agent): Promise<string> {
   return new Promise((resolve, reject) => {
     request(url, { agent }, (response) => {
       let body = '';
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => (body += chunk));
-      response.on('end', () => resolve(body));
+      response.on('end', () => (response.complete ? resolve(body) : reject(new Error(`incomplete response from ${url}`))));
+      response.on('error', reject);
     }).on('error', reject).end();
   });
 }

@@ -4,7 +4,7 @@
 // error on exactly these lines: the harness is proven able to fail.
 import express from 'express';
 import { Queue } from 'bullmq';
-import { backgroundTasks, defineTask } from '../../lib/index.js';
+import { backgroundTasks, defineTask, withSignal } from '../../lib/index.js';
 import { bullmqTransport, createWorker } from '../../lib/bullmq.js';
 
 class Mailer {
@@ -82,3 +82,17 @@ export function worker(queue: Queue): void {
   // @ts-expect-error -- the queue's name is required
   createWorker({ connection: {}, tasks: [sendReceipt] });
 }
+const exportOrder = withSignal(async (signal: AbortSignal, orderId: string) => console.log(signal.aborted, orderId));
+app.post('/exports/:id', (_req, res) => {
+  // @ts-expect-error -- the signal is the queue's to give: add() takes the other arguments
+  res.locals.tasks.add(exportOrder, new AbortController().signal, 'o-1');
+  // @ts-expect-error -- a number where the task takes an order id
+  res.locals.tasks.add(exportOrder, 7);
+  res.end();
+});
+// @ts-expect-error -- withSignal() wraps a function whose first parameter takes the signal
+withSignal((orderId: string) => orderId);
+// @ts-expect-error -- close() takes its timeout in an options object
+tasks.close(5000);
+// @ts-expect-error -- `around` is a function of (info, run)
+backgroundTasks({ around: 'span' });

@@ -9,8 +9,12 @@ import backgroundTasks, {
   defineTask,
   HandOffError,
   QueueFullError,
+  ShutdownError,
   TimeoutError,
+  withSignal,
   type BackgroundTasksMiddleware,
+  type CloseOptions,
+  type CloseSummary,
   type BackgroundTasksOptions,
   type DefinedTask,
   type HandedOffTask,
@@ -140,4 +144,31 @@ export function durableTasks(): BackgroundTasksMiddleware[] {
 /** The worker side. */
 export function worker(): Worker<TasksJobData> {
   return createWorker({ queueName: 'tasks', connection: { host: '127.0.0.1', port: 6379 }, tasks: [sendReceipt, warmCache], concurrency: 8 });
+}
+
+/** A task that takes a signal, an `around` that wraps each task, and a shutdown. */
+export async function operated(server: Server): Promise<boolean> {
+  const exportOrder = withSignal(async (signal: AbortSignal, orderId: string, attempt: number) => {
+    await fetch(`https://example.com/orders/${orderId}?attempt=${attempt}`, { signal });
+  });
+  const exportDefined = defineTask('export-order', withSignal((signal: AbortSignal, orderId: string) => {
+    signal.throwIfAborted();
+    return orderId;
+  }));
+  const operatedTasks = backgroundTasks({
+    around: (info: TaskInfo, run: () => unknown) => {
+      console.log(info.method, info.url, info.status, info.requestId, info.waitMs, info.durationMs);
+      return run();
+    },
+    onError: async (error: unknown, { name }: TaskInfo) => {
+      if (error instanceof ShutdownError) console.error('abandoned', name);
+    },
+  });
+  app.post('/exports/:id', (req, res) => {
+    res.locals.tasks.add(exportOrder, String(req.params.id), 1).add(exportDefined, String(req.params.id));
+    res.end();
+  });
+  const options: CloseOptions = { server, timeout: 10_000 };
+  const summary: CloseSummary = await operatedTasks.close(options);
+  return summary.drained && summary.abandoned === 0 && summary.settled >= 0 && summary.pending === 0;
 }

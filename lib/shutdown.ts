@@ -1,0 +1,120 @@
+import { once } from 'node:events';
+import type { Server as HttpServer } from 'node:http';
+import type { Server } from 'node:net';
+import { checkTimeout } from './options.js';
+import type { Scheduler } from './scheduler.js';
+import { debug } from './task.js';
+import { invalid } from './errors.js';
+
+/**
+ * Options of `close()`.
+ * @public
+ */
+export interface CloseOptions {
+  /**
+   * The server to close with the tasks: `close()` then stops it accepting connections, closes its
+   * idle keep-alive connections, and waits (within `timeout`) for the requests in flight, whose
+   * handlers may still add tasks, before it waits for the tasks. Without it, close the server
+   * yourself first (`server.close()`, terminus, http-terminator), and call `close()` once the
+   * requests in flight are done.
+   * @default none
+   */
+  readonly server?: Server | undefined;
+  /**
+   * Milliseconds to wait for the pending tasks before giving up on them: each still queued or
+   * running is then reported to `onError` as a `ShutdownError`, and running tasks made by
+   * `withSignal()` have their signal aborted. Keep it below your platform's grace period
+   * (Kubernetes' `terminationGracePeriodSeconds`, 30 s by default), minus the time the server
+   * takes to answer the requests in flight.
+   * @default 10000
+   */
+  readonly timeout?: number | undefined;
+}
+
+/**
+ * What `close()` resolves with.
+ * @public
+ */
+export interface CloseSummary {
+  /** Whether every task settled before the deadline. */
+  readonly drained: boolean;
+  /** Tasks that settled between the call and the resolution: ran, failed, timed out, handed off or dropped. */
+  readonly settled: number;
+  /** Tasks given up on at the deadline, each reported as a `ShutdownError`. */
+  readonly abandoned: number;
+  /** Tasks still pending at the resolution: hand-offs their transport had not settled yet. */
+  readonly pending: number;
+}
+
+/**
+ * Shuts down one middleware instance's tasks: from now on every response it serves carries
+ * `Connection: close`, pending tasks (and tasks the requests in flight add) run up to the
+ * deadline, and the rest are reported.
+ * @internal
+ */
+export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefined): Promise<CloseSummary> {
+  if (options === undefined) options = {};
+  if (options === null || typeof options !== 'object') {
+    throw new TypeError(invalid('options', 'an object such as { server, timeout: 10_000 }', options));
+  }
+  const { server, timeout = 10_000 } = options;
+  const timeoutMs = checkTimeout(timeout, true);
+  if (server !== undefined && typeof (server as Partial<Server> | null)?.close !== 'function') {
+    throw new TypeError(invalid('server', 'the http.Server that app.listen() returned', server));
+  }
+  scheduler.closing = true;
+  for (const queue of scheduler.active) queue.closing();
+  const settledBefore = scheduler.settledCount;
+  debug('closing: %d task(s) pending, deadline in %d ms', scheduler.pending, timeoutMs);
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<false>((resolve) => {
+    if (timeoutMs !== Infinity) timer = setTimeout(resolve, timeoutMs, false);
+  });
+  const settled = (server === undefined ? Promise.resolve() : closeServer(server)).then(() => scheduler.drain()).then(() => true);
+  return Promise.race([settled, deadline]).then((drained) => {
+    clearTimeout(timer);
+    let abandoned = 0;
+    if (!drained) for (const queue of [...scheduler.active]) abandoned += queue.abandon(timeoutMs);
+    scheduler.closed = true;
+    const summary: CloseSummary = {
+      drained,
+      settled: scheduler.settledCount - settledBefore - abandoned,
+      abandoned,
+      pending: scheduler.pending,
+    };
+    debug('closed: %o', summary);
+    return summary;
+  });
+}
+
+/**
+ * Stops `server` accepting connections and resolves once its last connection has closed.
+ * @private
+ */
+async function closeServer(server: Server): Promise<void> {
+  const closed = once(server, 'close');
+  if (server.listening) server.close();
+  else if ((await connectionsOf(server)) === 0) return; // closed already, and every connection gone
+  // A response in flight at close() that queued no task still says keep-alive; its connection
+  // goes idle once it is sent, and would stay open for `keepAliveTimeout`. Close such connections
+  // as they go idle.
+  const closeIdle = (): void => (server as Partial<HttpServer>).closeIdleConnections?.();
+  closeIdle();
+  const poll = setInterval(closeIdle, IDLE_POLL_MS).unref();
+  try {
+    await closed;
+  } finally {
+    clearInterval(poll);
+  }
+}
+
+/** How often `close({ server })` closes the connections that went idle. */
+const IDLE_POLL_MS = 25;
+
+/**
+ * @return how many connections `server` still has
+ * @private
+ */
+function connectionsOf(server: Server): Promise<number> {
+  return new Promise((resolve) => server.getConnections((_error, count) => resolve(count ?? 0)));
+}

@@ -1,0 +1,208 @@
+import assert from 'node:assert/strict';
+import { fork } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { backgroundTasks, type CloseSummary, ShutdownError, type TaskInfo, withSignal } from '../lib/index.js';
+import { deferred, expressVersions, get, listen, withServer } from './support/http.js';
+
+for (const [label, createApp] of expressVersions) {
+  describe(`${label}: close()`, () => {
+    it('makes every response served from then on carry Connection: close, and resolves once the tasks have run', async () => {
+      const tasks = backgroundTasks();
+      const ran: string[] = [];
+      const holding = deferred();
+      const release = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/:name', async (req, res) => {
+        res.locals.tasks.add(() => ran.push(String(req.params['name'])));
+        if (req.params['name'] === 'held') {
+          holding.resolve();
+          await release.promise;
+        }
+        res.send('ok');
+      });
+      await withServer(app, async ({ url }) => {
+        const agent = new Agent({ keepAlive: true });
+        try {
+          const before = await getHeaders(`${url}/before`, agent);
+          const held = getHeaders(`${url}/held`, agent);
+          await holding.promise;
+          const closed = tasks.close();
+          assert.equal(tasks.close(), closed, 'a second call returns the same promise');
+          const after = await getHeaders(`${url}/after`, agent);
+          release.resolve();
+          assert.equal(before['connection'], 'keep-alive');
+          assert.equal(after['connection'], 'close');
+          assert.equal((await held)['connection'], 'close', 'the response in flight, whose queue has a task, too');
+          assert.deepEqual(await closed, { drained: true, settled: 2, abandoned: 0, pending: 0 } satisfies CloseSummary);
+          assert.deepEqual(ran.sort(), ['after', 'before', 'held']);
+        } finally {
+          agent.destroy();
+        }
+      });
+    });
+
+    it('at the deadline reports each task still running or queued as a ShutdownError, aborting the running one\'s signal', async () => {
+      const reported: [error: unknown, info: TaskInfo][] = [];
+      const tasks = backgroundTasks({ onError: (error, info) => reported.push([error, info]) });
+      const started = deferred();
+      const ran: string[] = [];
+      let reason: unknown;
+      const syncHold = withSignal((signal: AbortSignal, order: string) => {
+        ran.push(order);
+        started.resolve();
+        return new Promise<void>((resolve) => {
+          signal.addEventListener('abort', () => {
+            reason = signal.reason;
+            resolve();
+          });
+        });
+      });
+      const app = createApp();
+      app.use(tasks);
+      app.post('/orders/:id', (req, res) => {
+        res.locals.tasks.add(Object.defineProperty(syncHold, 'name', { value: 'exportOrder' }), String(req.params['id'])).add(function notifyWarehouse() {
+          ran.push('notify');
+        });
+        res.status(202).end();
+      });
+      await withServer(app, async ({ url }) => {
+        assert.equal((await fetch(`${url}/orders/7`, { method: 'POST' })).status, 202);
+        await started.promise;
+        const summary = await tasks.close({ timeout: 50 });
+        assert.deepEqual(summary, { drained: false, settled: 0, abandoned: 2, pending: 0 } satisfies CloseSummary);
+      });
+      assert.deepEqual(ran, ['7'], 'the queued task never ran');
+      assert.ok(reason instanceof ShutdownError, 'the running task learnt why through its signal');
+      assert.deepEqual(reported.map(([error, { name, method, url }]) => [(error as Error).name, name, method, url]), [
+        ['ShutdownError', 'notifyWarehouse', 'POST', '/orders/7'],
+        ['ShutdownError', 'exportOrder', 'POST', '/orders/7'],
+      ]);
+      assert.match((reported[1]?.[0] as Error).message, /^Task exportOrder was abandoned at shutdown: still running 50 ms after close\(\)$/);
+      assert.equal(tasks.pending, 0);
+    });
+
+    it('reports the tasks added after it resolved, and does not run them', async () => {
+      const reported: string[] = [];
+      const tasks = backgroundTasks({ onError: (error, { name }) => reported.push(`${(error as Error).name} ${name}`) });
+      let ran = false;
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(function lateAudit() {
+          ran = true;
+        });
+        res.send('ok');
+      });
+      await tasks.close();
+      await withServer(app, async ({ url }) => {
+        await (await fetch(url)).text();
+      });
+      assert.deepEqual(reported, ['ShutdownError lateAudit']);
+      assert.equal(ran, false);
+      assert.equal(tasks.pending, 0);
+    });
+
+    it('with { server }, closes it and waits for the requests in flight, whose handlers add tasks after the call', async () => {
+      const tasks = backgroundTasks();
+      const ran: string[] = [];
+      const inFlight = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', async (_req, res) => {
+        inFlight.resolve();
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        res.locals.tasks.add(() => ran.push('added after close()'));
+        res.send('ok');
+      });
+      const server = await listen(app);
+      try {
+        const response = fetch(server.url);
+        await inFlight.promise;
+        const summary = await tasks.close({ server: server.server, timeout: 5_000 });
+        assert.equal((await response).headers.get('connection'), 'close');
+        assert.deepEqual(summary, { drained: true, settled: 1, abandoned: 0, pending: 0 } satisfies CloseSummary);
+        assert.deepEqual(ran, ['added after close()']);
+        assert.equal(server.server.listening, false);
+      } finally {
+        server.server.closeAllConnections();
+      }
+    });
+  });
+}
+
+describe('close() of a server under steady keep-alive load, on SIGTERM (child process)', { timeout: 60_000 }, () => {
+  for (const [taskMs, deadlineMs] of [[100, 3_000], [10_000, 1_000]] as const) {
+    it(`${taskMs < deadlineMs ? 'completes' : 'reports as abandoned'} the task of every request answered (tasks of ${taskMs} ms, deadline ${deadlineMs} ms), and exits within the deadline`, async (t) => {
+      const dir = mkdtempSync(join(tmpdir(), 'ebt-close-'));
+      const reportFile = join(dir, 'report.json');
+      const child = fork('spec/fixtures/shutdown-under-load.ts', [reportFile, String(taskMs), String(deadlineMs)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' });
+      try {
+        const [{ port }] = (await once(child, 'message')) as [{ port: number }];
+        const exited = once(child, 'exit');
+        const answered = new Set<string>();
+        let answeredAfterSigterm = 0;
+        let signalled = false;
+        const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+        let next = 0;
+        const client = async (): Promise<void> => {
+          // Each client sends requests back to back until the server no longer takes them.
+          for (let sent = 0; sent < 500; sent++) {
+            const id = `r${next++}`;
+            const body = await get(`http://127.0.0.1:${port}/work/${id}`, agent).catch(() => undefined);
+            if (body === undefined) return;
+            assert.equal(body, id);
+            answered.add(id);
+            if (signalled) answeredAfterSigterm++;
+            if (answered.size === 80 && !signalled) {
+              signalled = true;
+              child.kill('SIGTERM');
+            }
+          }
+        };
+        await Promise.all(Array.from({ length: 8 }, client));
+        agent.destroy();
+        const [code] = (await exited) as [number];
+        const report = JSON.parse(readFileSync(reportFile, 'utf8')) as {
+          completed: string[]; abandoned: string[]; failed: string[]; summary: CloseSummary; answeredAfterSignal: number; elapsedMs: number;
+        };
+        const accounted = new Set([...report.completed, ...report.abandoned]);
+        const lost = [...answered].filter((id) => !accounted.has(id));
+        t.diagnostic(`answered ${answered.size} (${answeredAfterSigterm} after SIGTERM as the client saw it, ${report.answeredAfterSignal} as the server did), ` +
+          `completed ${report.completed.length}, abandoned ${report.abandoned.length}, lost ${lost.length}, exit ${code} after ${report.elapsedMs.toFixed(0)} ms`);
+        assert.ok(signalled, 'SIGTERM was sent under load');
+        assert.deepEqual(lost, [], 'every answered request has its task completed or reported abandoned');
+        assert.deepEqual(report.failed, []);
+        assert.equal(report.completed.length + report.abandoned.length, accounted.size, 'no task both completed and abandoned');
+        assert.ok(report.elapsedMs < deadlineMs + 1_000, `exited ${report.elapsedMs.toFixed(0)} ms after SIGTERM`);
+        if (taskMs < deadlineMs) {
+          assert.equal(code, 0);
+          assert.deepEqual(report.abandoned, []);
+          assert.equal(report.summary.drained, true);
+        } else {
+          assert.equal(code, 1);
+          assert.equal(report.summary.abandoned, report.abandoned.length);
+          assert.ok(report.abandoned.length > 0);
+        }
+      } finally {
+        child.kill('SIGKILL');
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+});
+
+/** GETs `url` over `agent`; resolves with the response headers once the body has been read. */
+function getHeaders(url: string, agent: Agent): Promise<Record<string, string | string[] | undefined>> {
+  return new Promise((resolve, reject) => {
+    request(url, { agent }, (response) => {
+      response.resume();
+      response.on('end', () => resolve(response.headers));
+    }).on('error', reject).end();
+  });
+}
