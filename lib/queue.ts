@@ -73,6 +73,8 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
   /** The task that returned a promise and has not settled yet, and the way to give up on it. */
   #running: Task | undefined = undefined;
   #abandonRunning: Abandon | undefined = undefined;
+  /** Resolves the promise given to the platform's `waitUntil()`, where there is one. */
+  #settledForPlatform: (() => void) | undefined = undefined;
 
   constructor(scheduler: Scheduler, req: Request, res: Response) {
     this.#scheduler = scheduler;
@@ -102,6 +104,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
     if (this.#pending++ === 0) {
       this.#scheduler.active.add(this);
       if (this.#scheduler.closing) this.closing();
+      this.#settledForPlatform = keepPlatformAwake();
     }
     const task = new Task(fn as (...args: never[]) => unknown, args);
     const handedOff = durableName !== undefined && this.#scheduler.settings.transport !== undefined;
@@ -255,7 +258,11 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
   /** Counts `count` of this response's tasks settled; a queue with none pending leaves the active set. */
   #settle(count: number): void {
     this.#pending -= count;
-    if (this.#pending === 0) this.#scheduler.active.delete(this);
+    if (this.#pending === 0) {
+      this.#scheduler.active.delete(this);
+      this.#settledForPlatform?.();
+      this.#settledForPlatform = undefined;
+    }
     this.#scheduler.settle(count);
   }
 
@@ -328,6 +335,31 @@ function refuseAfterClose(fn: (...args: never[]) => unknown, req: Request, res: 
   const error = new ShutdownError(`Task ${taskName(fn)} was added after close() had resolved, so it does not run`);
   report(error, taskInfo(task, req, res, false), settings);
 }
+
+/**
+ * Where the platform may freeze the instance once the response is sent (Vercel), registers a
+ * promise with the request context's `waitUntil()`, as `@vercel/functions` finds it, so the
+ * instance lives until this response's tasks have settled.
+ * @return the function that resolves that promise, or `undefined` off such a platform
+ * @private
+ */
+function keepPlatformAwake(): (() => void) | undefined {
+  const requestContext = (globalThis as { [REQUEST_CONTEXT]?: { get?: () => { waitUntil?: unknown } | undefined } })[REQUEST_CONTEXT];
+  if (requestContext === undefined) return undefined;
+  try {
+    const waitUntil = requestContext.get?.()?.waitUntil;
+    if (typeof waitUntil !== 'function') return undefined;
+    let settled!: () => void;
+    (waitUntil as (promise: Promise<void>) => unknown)(new Promise<void>((resolve) => (settled = resolve)));
+    return settled;
+  } catch (error) {
+    debug('the platform request context failed: %s', messageOf(error));
+    return undefined;
+  }
+}
+
+/** Where Vercel's runtime puts the request context (`@vercel/functions` reads it from there). */
+const REQUEST_CONTEXT = Symbol.for('@vercel/request-context');
 
 /**
  * Calls `callback` once every byte of `res` has been handed to the OS, or its connection closed.
