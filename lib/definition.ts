@@ -25,7 +25,8 @@ const TASK_NAME = Symbol.for('express-background-tasks.taskName');
  * @param name - unique among the tasks a worker runs; keep it stable across deploys
  * @param fn - the task, sync or async; called with `this` undefined
  * @return a function that calls `fn`, named `name`
- * @throws {TypeError} when `name` is not a non-empty string or `fn` is not a function
+ * @throws {TypeError} when `name` is not a non-empty string, or `fn` is not a function or is a
+ *   generator function
  * @example
  * export const sendConfirmationEmail = defineTask('send-confirmation-email', async (id: string) => {
  *   await mailer.send(id);
@@ -36,9 +37,7 @@ export function defineTask<A extends unknown[], R>(name: string, fn: (this: void
   if (typeof name !== 'string' || name === '') {
     throw new TypeError(invalid('name', 'a non-empty string', name));
   }
-  if (typeof fn !== 'function') {
-    throw new TypeError(invalid('fn', 'a function', fn));
-  }
+  checkTaskFunction(fn);
   const task = (...args: A): R => fn(...args);
   // Not configurable: the name a job stores is `task.name`, so it must stay the defined name.
   return Object.defineProperties(task, {
@@ -47,6 +46,28 @@ export function defineTask<A extends unknown[], R>(name: string, fn: (this: void
     [TASK_NAME]: { value: name },
   }) as DefinedTask<A, R>;
 }
+
+/**
+ * Checks that `fn` can be a task: a function whose body runs when it is called.
+ * @param fn - what was given to `tasks.add()` or `defineTask()`
+ * @throws {TypeError} when `fn` is not a function, or is a generator function
+ * @internal
+ */
+export function checkTaskFunction(fn: unknown): void {
+  if (typeof fn !== 'function') {
+    throw new TypeError(invalid('fn', 'a function', fn));
+  }
+  // The prototype rather than `fn.constructor`, which a function can shadow: one read, and bound
+  // generator functions have it too.
+  const prototype: unknown = Object.getPrototypeOf(fn);
+  if (prototype === GENERATOR_FUNCTION || prototype === ASYNC_GENERATOR_FUNCTION) {
+    throw new TypeError(invalid('fn', 'a function that is not a generator (calling a generator function only creates an iterator: its body would never run)', fn));
+  }
+}
+
+/** What generator functions (also bound ones) inherit from. */
+const GENERATOR_FUNCTION: unknown = Object.getPrototypeOf(function* () {});
+const ASYNC_GENERATOR_FUNCTION: unknown = Object.getPrototypeOf(async function* () {});
 
 /**
  * @return the name of a task made by `defineTask()`, or `undefined` for any other function

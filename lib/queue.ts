@@ -1,7 +1,7 @@
 import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
-import { checkJsonArgs, definedName } from './definition.js';
-import { describeError, HandOffError, invalid } from './errors.js';
+import { checkJsonArgs, checkTaskFunction, definedName } from './definition.js';
+import { describeError, HandOffError } from './errors.js';
 import type { TaskTransport } from './options.js';
 import type { Runnable, Scheduler } from './scheduler.js';
 import { debug, report, runTask, Task, taskName, taskTracing } from './task.js';
@@ -18,7 +18,8 @@ export interface TaskQueue {
    * @param fn - a function, sync or async; called with `this` undefined, so bind methods first
    * @param args - the arguments to call it with; JSON values only when `fn` is a defined task
    * @return this queue, for chaining
-   * @throws {TypeError} when `fn` is not a function, or is a defined task given arguments that are not JSON
+   * @throws {TypeError} when `fn` is not a function, or is a generator function (its body would
+   *   never run), or is a defined task given arguments that are not JSON
    * @throws {QueueFullError} when `maxPending` tasks are already pending
    * @example
    * res.locals.tasks.add(sendConfirmationEmail, req.params.id);
@@ -63,9 +64,7 @@ export class ResponseQueue implements TaskQueue, Runnable {
   }
 
   add<A extends unknown[]>(fn: (this: void, ...args: A) => unknown, ...args: A): this {
-    if (typeof fn !== 'function') {
-      throw new TypeError(invalid('fn', 'a function', fn));
-    }
+    checkTaskFunction(fn);
     const durableName = definedName(fn);
     if (durableName !== undefined) checkJsonArgs(durableName, args);
     if (this.#phase === 'dropped') {

@@ -83,6 +83,32 @@ describe('bad input is refused at once', () => {
   }
 
   for (const [label, createApp] of expressVersions) {
+    it(`${label}: add() with a generator function throws a TypeError that says its body would never run, and queues nothing`, async () => {
+      const tasks = backgroundTasks();
+      const thrown: unknown[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        const generators = [function* poll() {}, async function* stream() {}, (function* bound() {}).bind(null)];
+        for (const generator of generators) {
+          try {
+            res.locals.tasks.add(generator as () => void);
+          } catch (error) {
+            thrown.push(error);
+          }
+        }
+        res.json({ size: res.locals.tasks.size, pending: tasks.pending });
+      });
+      await withServer(app, async (server) => {
+        assert.deepEqual(await (await fetch(server.url)).json(), { size: 0, pending: 0 });
+      });
+      assert.deepEqual(thrown.map((error) => [(error as Error).name, (error as Error).message]), [
+        ['TypeError', `Expected \`fn\` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got \`[GeneratorFunction: poll]\` (function)`],
+        ['TypeError', `Expected \`fn\` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got \`[AsyncGeneratorFunction: stream]\` (function)`],
+        ['TypeError', `Expected \`fn\` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got \`[Function: bound bound] GeneratorFunction\` (function)`],
+      ]);
+    });
+
     it(`${label}: app.use(backgroundTasks), the factory not called, fails each request with a TypeError naming the fix instead of hanging`, async () => {
       const reached: string[] = [];
       const app = createApp();
@@ -113,6 +139,8 @@ describe('bad input is refused at once', () => {
     ['', () => {}, 'Expected `name` to be a non-empty string, got `` (string)'],
     [42, () => {}, 'Expected `name` to be a non-empty string, got `42` (number)'],
     ['send-email', 'sendEmail', 'Expected `fn` to be a function, got `sendEmail` (string)'],
+    ['poll', function* poll() {}, 'Expected `fn` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got `[GeneratorFunction: poll]` (function)'],
+    ['stream', async function* stream() {}, 'Expected `fn` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got `[AsyncGeneratorFunction: stream]` (function)'],
   ];
   for (const [name, fn, message] of invalidDefinitions) {
     it(`defineTask(${JSON.stringify(name)}, ${typeof fn}) throws a TypeError: ${message}`, () => {
