@@ -75,7 +75,7 @@ export interface TaskTransport {
 export interface HandedOffTask {
   /** The name given to `defineTask()`. */
   readonly name: string;
-  /** The arguments given to `tasks.add()`, JSON values only. */
+  /** The arguments given to `tasks.add()`, JSON values only: a copy made at `add()`. */
   readonly args: readonly unknown[];
 }
 

@@ -1,6 +1,6 @@
 import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
-import { checkJsonArgs, checkTaskFunction, definedName } from './definition.js';
+import { captureJsonArgs, checkTaskFunction, definedName } from './definition.js';
 import { describeError, HandOffError } from './errors.js';
 import type { TaskTransport } from './options.js';
 import type { Runnable, Scheduler } from './scheduler.js';
@@ -16,7 +16,8 @@ export interface TaskQueue {
    * The arguments are type-checked against `fn`. With a `transport`, a task made by `defineTask()`
    * is handed off instead, with the response's other defined tasks, in order.
    * @param fn - a function, sync or async; called with `this` undefined, so bind methods first
-   * @param args - the arguments to call it with; JSON values only when `fn` is a defined task
+   * @param args - the arguments to call it with. When `fn` is a defined task: JSON values only,
+   *   copied here, so that what runs or is sent is what was checked
    * @return this queue, for chaining
    * @throws {TypeError} when `fn` is not a function, or is a generator function (its body would
    *   never run), or is a defined task given arguments that are not JSON
@@ -66,13 +67,14 @@ export class ResponseQueue implements TaskQueue, Runnable {
   add<A extends unknown[]>(fn: (this: void, ...args: A) => unknown, ...args: A): this {
     checkTaskFunction(fn);
     const durableName = definedName(fn);
-    if (durableName !== undefined) checkJsonArgs(durableName, args);
+    // A defined task keeps a copy of its arguments: what runs or is sent is what was checked.
+    const captured = durableName === undefined ? args : captureJsonArgs(durableName, args);
     if (this.#phase === 'dropped') {
       debug('dropped %s: response status %d', taskName(fn), this.#res.statusCode);
       return this;
     }
     this.#scheduler.admit(fn);
-    const task = new Task(fn as (...args: never[]) => unknown, args);
+    const task = new Task(fn as (...args: never[]) => unknown, captured);
     const handedOff = durableName !== undefined && this.#scheduler.settings.transport !== undefined;
     if (handedOff) (this.#toHandOff ??= []).push(task);
     else this.#append(task);
