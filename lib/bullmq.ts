@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
-import { checkTimeout, type HandedOffTask, type TaskTransport } from './options.js';
+import { checkOptionNames, checkTimeout, type HandedOffTask, type TaskTransport } from './options.js';
 import { debug } from './task.js';
 
 /**
@@ -67,7 +67,8 @@ export interface TasksJobData {
  * each of them is reported as a `HandOffError`.
  * @param options - see `BullmqTransportOptions`
  * @return the transport, for `backgroundTasks({ transport })`
- * @throws {TypeError} when `queue` is not a BullMQ queue or `jobOptions` not an object
+ * @throws {TypeError} when `queue` is not a BullMQ queue, `jobOptions` not an object, or an option
+ *   unknown (`jobOptions` itself is BullMQ's, passed through unchecked)
  * @throws {RangeError} when `timeout` is not a positive number of milliseconds
  * @example
  * const queue = new Queue('tasks', { connection: { host, port, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
@@ -78,6 +79,7 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
   if (options === null || typeof options !== 'object') {
     throw new TypeError(invalid('options', 'an object', options));
   }
+  checkOptionNames('bullmqTransport()', options, TRANSPORT_OPTION_NAMES);
   const { queue, jobOptions, timeout = 10_000 } = options;
   if (typeof (queue as Partial<Queue> | null)?.add !== 'function') {
     throw new TypeError(invalid('queue', 'a BullMQ Queue', queue));
@@ -99,6 +101,9 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
     },
   };
 }
+
+/** The keys `bullmqTransport()` reads; `satisfies` keeps the list in step with the interface. */
+const TRANSPORT_OPTION_NAMES = Object.keys({ queue: true, jobOptions: true, timeout: true } satisfies Record<keyof BullmqTransportOptions, true>);
 
 /**
  * Options of `createWorker()`: BullMQ's `WorkerOptions`, passed through, and the task definitions.

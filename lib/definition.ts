@@ -26,7 +26,8 @@ const TASK_NAME = Symbol.for('express-background-tasks.taskName');
  * @param name - unique among the tasks a worker runs; keep it stable across deploys
  * @param fn - the task, sync or async; called with `this` undefined
  * @return a function that calls `fn`, named `name`
- * @throws {TypeError} when `name` is not a non-empty string or `fn` is not a function
+ * @throws {TypeError} when `name` is not a non-empty string, or `fn` is not a function or is a
+ *   generator function
  * @example
  * export const sendConfirmationEmail = defineTask('send-confirmation-email', async (id: string) => {
  *   await mailer.send(id);
@@ -37,9 +38,7 @@ export function defineTask<A extends unknown[], R>(name: string, fn: (this: void
   if (typeof name !== 'string' || name === '') {
     throw new TypeError(invalid('name', 'a non-empty string', name));
   }
-  if (typeof fn !== 'function') {
-    throw new TypeError(invalid('fn', 'a function', fn));
-  }
+  checkTaskFunction(fn);
   const task = (...args: A): R => fn(...args);
   keepSignalTaker(task, fn);
   // Not configurable: the name a job stores is `task.name`, so it must stay the defined name.
@@ -51,6 +50,28 @@ export function defineTask<A extends unknown[], R>(name: string, fn: (this: void
 }
 
 /**
+ * Checks that `fn` can be a task: a function whose body runs when it is called.
+ * @param fn - what was given to `tasks.add()` or `defineTask()`
+ * @throws {TypeError} when `fn` is not a function, or is a generator function
+ * @internal
+ */
+export function checkTaskFunction(fn: unknown): void {
+  if (typeof fn !== 'function') {
+    throw new TypeError(invalid('fn', 'a function', fn));
+  }
+  // The prototype rather than `fn.constructor`, which a function can shadow: one read, and bound
+  // generator functions have it too.
+  const prototype: unknown = Object.getPrototypeOf(fn);
+  if (prototype === GENERATOR_FUNCTION || prototype === ASYNC_GENERATOR_FUNCTION) {
+    throw new TypeError(invalid('fn', 'a function that is not a generator (calling a generator function only creates an iterator: its body would never run)', fn));
+  }
+}
+
+/** What generator functions (also bound ones) inherit from. */
+const GENERATOR_FUNCTION: unknown = Object.getPrototypeOf(function* () {});
+const ASYNC_GENERATOR_FUNCTION: unknown = Object.getPrototypeOf(async function* () {});
+
+/**
  * @return the name of a task made by `defineTask()`, or `undefined` for any other function
  * @internal
  */
@@ -60,89 +81,168 @@ export function definedName(fn: object): string | undefined {
 }
 
 /**
- * Checks that `args` survive `JSON.stringify` and `JSON.parse` unchanged, as they must to reach a
- * worker: no `undefined`, function, symbol, bigint, `NaN`/`Infinity`, class instance (a `Date`
- * would arrive as a string, a `Map` as `{}`), getter, array hole or named array property (a
- * RegExp match loses its `index`), or circular reference. `-0` is let through: it arrives as `0`.
+ * Copies `args` while checking that they survive `JSON.stringify` and `JSON.parse` unchanged, as
+ * they must to reach a worker: no `undefined`, function, symbol, bigint, `NaN`/`Infinity`, class
+ * instance (a `Date` would arrive as a string, a `Map` as `{}`), getter or symbol key of an
+ * object, array hole or named array property (a RegExp match loses its `index`), circular
+ * reference, or more than `MAX_DEPTH` levels of nesting. The copy is what runs or is sent, so a change the caller makes
+ * after `add()` cannot slip past the check. It is what a worker would parse: `-0` becomes `0`, and
+ * an object reached twice is copied twice.
  * @param name - the task's name, for the message
  * @param args - the arguments given to `tasks.add()`
+ * @return the copy
  * @throws {TypeError} naming the task and where in `args` the first such value sits
  * @internal
  */
-export function checkJsonArgs(name: string, args: readonly unknown[]): void {
-  const problem = findNonJson(args, 'args', []);
-  if (problem !== undefined) {
-    throw new TypeError(`Expected the arguments of task \`${name}\` to be JSON values, got ${problem}`);
+export function captureJsonArgs(name: string, args: readonly unknown[]): unknown[] {
+  const captured: unknown[] = [];
+  // An explicit stack, not recursion: however deep the value, the check cannot overflow the call stack.
+  const frames: Frame[] = [{ source: args, copy: captured, keys: undefined, length: args.length, next: 0, key: 0 }];
+  while (frames.length > 0) {
+    const frame = frames[frames.length - 1] as Frame;
+    if (frame.next === frame.length) {
+      // An array holds its items and `length`, nothing else (`args`, a rest parameter, always does).
+      if (frame.keys === undefined && frames.length > 1 && Object.keys(frame.source).length !== frame.length) {
+        throw refused(name, 'an array with named properties', frames, undefined);
+      }
+      frames.pop();
+      continue;
+    }
+    const key = frame.keys === undefined ? frame.next : frame.keys[frame.next] as string;
+    frame.next++;
+    const value = frames.length === 1 ? args[key as number] : ownValue(name, frames, key);
+    if (typeof value === 'object' && value !== null) {
+      const child = enter(name, frames, key, value);
+      store(frame, key, child.copy);
+      frames.push(child);
+    } else {
+      const problem = primitiveProblem(value);
+      if (problem !== undefined) throw refused(name, problem, frames, key);
+      store(frame, key, value === 0 ? 0 : value); // JSON has no -0
+    }
   }
+  return captured;
 }
 
 /**
- * @return what is wrong and where, or `undefined` when `value` is plain JSON
+ * Levels of arrays and objects an argument may nest. `JSON.stringify` overflows V8's default stack
+ * past about 4,000 levels (fewer when called deep in a stack), and decoders elsewhere often stop
+ * at 1,000 (Lua's cjson, Python's recursion limit); real arguments nest a handful.
+ */
+const MAX_DEPTH = 1000;
+
+/**
+ * An array or plain object of the arguments being copied, and how far its copy has got.
  * @private
  */
-function findNonJson(value: unknown, path: string, ancestors: object[]): string | undefined {
+interface Frame {
+  readonly source: object;
+  readonly copy: unknown[] | Record<string, unknown>;
+  /** The own keys of an object; `undefined` for an array, whose keys are its indexes. */
+  readonly keys: readonly string[] | undefined;
+  readonly length: number;
+  /** The index of the key to copy next. */
+  next: number;
+  /** Where the source sits in its parent. */
+  readonly key: string | number;
+}
+
+/**
+ * @return the value at `key` of the innermost frame's source
+ * @throws {TypeError} at a hole, a getter or a non-enumerable property
+ * @private
+ */
+function ownValue(name: string, frames: readonly Frame[], key: string | number): unknown {
+  const { source, keys } = frames[frames.length - 1] as Frame;
+  if (keys === undefined) {
+    // Read as JSON.stringify reads an item (a getter on an index runs, once, here): a property
+    // descriptor per item would cost V8's slow path.
+    if (!Object.hasOwn(source, key)) throw refused(name, 'a hole', frames, key);
+    return (source as unknown[])[key as number];
+  }
+  // Listed by getOwnPropertyNames(), so there (unless a Proxy lies: then it counts as non-enumerable).
+  const descriptor: PropertyDescriptor = Object.getOwnPropertyDescriptor(source, key) ?? {};
+  if (descriptor.get !== undefined || descriptor.set !== undefined) throw refused(name, 'a getter', frames, key);
+  if (descriptor.enumerable !== true) throw refused(name, 'a non-enumerable property', frames, key);
+  return descriptor.value;
+}
+
+/**
+ * Checks an array or object about to be copied.
+ * @param key - where it sits in the innermost frame's source
+ * @return its frame, holding an empty copy
+ * @throws {TypeError} at a circular reference, a class instance, a symbol key or too deep a nesting
+ * @private
+ */
+function enter(name: string, frames: readonly Frame[], key: string | number, value: object): Frame {
+  for (const ancestor of frames) if (ancestor.source === value) throw refused(name, 'a circular reference', frames, key);
+  const isArray = Array.isArray(value);
+  const prototype: unknown = Object.getPrototypeOf(value);
+  if (isArray ? prototype !== Array.prototype : prototype !== Object.prototype && prototype !== null) {
+    throw refused(name, describeInstance(value), frames, key);
+  }
+  if (Object.getOwnPropertySymbols(value).length > 0) throw refused(name, 'a symbol key', frames, key);
+  if (frames.length > MAX_DEPTH) {
+    const argument = (frames[1] as Frame).key; // nested that deep, it is inside an argument
+    throw new TypeError(`Expected the arguments of task \`${name}\` to be JSON values, got more than ${MAX_DEPTH} levels of nesting in args[${argument}]`);
+  }
+  if (isArray) return { source: value, copy: [], keys: undefined, length: value.length, next: 0, key };
+  // String keys and symbols apart: `Reflect.ownKeys()` takes V8's slow path.
+  const keys = Object.getOwnPropertyNames(value);
+  return { source: value, copy: {}, keys, length: keys.length, next: 0, key };
+}
+
+/**
+ * @return what is wrong with a value that is not an object, or `undefined` when it is JSON
+ * @private
+ */
+function primitiveProblem(value: unknown): string | undefined {
   switch (typeof value) {
     case 'string':
     case 'boolean':
       return undefined;
     case 'number':
-      return Number.isFinite(value) ? undefined : `${value} at ${path}`;
-    case 'object':
-      break;
+      return Number.isFinite(value) ? undefined : String(value);
+    case 'undefined':
+      return 'undefined';
     default:
-      return `${typeof value === 'undefined' ? 'undefined' : `a ${typeof value}`} at ${path}`;
+      return value === null ? undefined : `a ${typeof value}`;
   }
-  if (value === null) return undefined;
-  if (ancestors.includes(value)) return `a circular reference at ${path}`;
-  const isArray = Array.isArray(value);
-  const prototype: unknown = Object.getPrototypeOf(value);
-  if (isArray ? prototype !== Array.prototype : prototype !== Object.prototype && prototype !== null) {
-    return `${describeInstance(value)} at ${path}`;
-  }
-
-  ancestors.push(value);
-  const problem = isArray ? findInItems(value, path, ancestors) : findInProperties(value, path, ancestors);
-  ancestors.pop();
-  return problem;
 }
 
 /**
- * @return the first problem among an array's items, or with the array itself
+ * Sets `value` at `key` of the frame's copy. Items come in index order, so an array's copy grows
+ * by `push()` and stays packed.
  * @private
  */
-function findInItems(array: unknown[], path: string, ancestors: object[]): string | undefined {
-  for (let index = 0; index < array.length; index++) {
-    const problem = Object.hasOwn(array, index)
-      ? findInProperty(array, String(index), `${path}[${index}]`, ancestors)
-      : `a hole at ${path}[${index}]`;
-    if (problem !== undefined) return problem;
-  }
-  // The items and `length`, nothing else.
-  return Reflect.ownKeys(array).length === array.length + 1 ? undefined : `an array with named properties at ${path}`;
+function store(frame: Frame, key: string | number, value: unknown): void {
+  if (frame.keys === undefined) (frame.copy as unknown[]).push(value);
+  // An own "__proto__" key (JSON.parse makes one) must stay a key, not become the prototype.
+  else if (key === '__proto__') Object.defineProperty(frame.copy, key, { value, enumerable: true, writable: true, configurable: true });
+  else (frame.copy as Record<string, unknown>)[key] = value;
 }
 
 /**
- * @return the first problem among a plain object's properties
+ * @param problem - what was found, e.g. "a Date"
+ * @param frames - the arrays and objects that hold it, outermost first
+ * @param key - its key in the innermost one, or `undefined` when the problem is that one itself
+ * @return the error naming the task and where in `args` the problem sits
  * @private
  */
-function findInProperties(object: object, path: string, ancestors: object[]): string | undefined {
-  for (const key of Reflect.ownKeys(object)) {
-    if (typeof key === 'symbol') return `a symbol key at ${path}`;
-    const problem = findInProperty(object, key, /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`, ancestors);
-    if (problem !== undefined) return problem;
-  }
-  return undefined;
+function refused(name: string, problem: string, frames: readonly Frame[], key: string | number | undefined): TypeError {
+  let path = 'args';
+  for (const frame of frames.slice(1)) path += pathSegment(frame.key);
+  if (key !== undefined) path += pathSegment(key);
+  return new TypeError(`Expected the arguments of task \`${name}\` to be JSON values, got ${problem} at ${path}`);
 }
 
 /**
- * @return what is wrong with one own property: an accessor, a property JSON skips, or its value
+ * @return `[0]`, `.email` or `["content-type"]`
  * @private
  */
-function findInProperty(object: object, key: string, where: string, ancestors: object[]): string | undefined {
-  const descriptor = Object.getOwnPropertyDescriptor(object, key) as PropertyDescriptor;
-  if (descriptor.get !== undefined || descriptor.set !== undefined) return `a getter at ${where}`;
-  if (descriptor.enumerable !== true) return `a non-enumerable property at ${where}`;
-  return findNonJson(descriptor.value, where, ancestors);
+function pathSegment(key: string | number): string {
+  if (typeof key === 'number') return `[${key}]`;
+  return /^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`;
 }
 
 /**

@@ -1,3 +1,4 @@
+import { IncomingMessage } from 'node:http';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { resolveOptions, type BackgroundTasksOptions } from './options.js';
 import { ResponseQueue } from './queue.js';
@@ -42,7 +43,8 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
  * one after another once the response has been sent.
  * @param options - see `BackgroundTasksOptions`
  * @return the middleware, with `drain()` and `pending`
- * @throws {TypeError} an option of the wrong type
+ * @throws {TypeError} an option of the wrong type, an unknown option, or a request: the factory
+ *   was mounted itself, `app.use(backgroundTasks)`, and Express called it with each request
  * @throws {RangeError} a number option out of range
  * @example
  * const tasks = backgroundTasks({ onError: (error, { name }) => log.error(error, name) });
@@ -53,7 +55,14 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
  * });
  * @public
  */
-export function backgroundTasks(options?: BackgroundTasksOptions): BackgroundTasksMiddleware {
+export function backgroundTasks(options?: BackgroundTasksOptions): BackgroundTasksMiddleware;
+export function backgroundTasks(options?: BackgroundTasksOptions, ...mountedAs: unknown[]): BackgroundTasksMiddleware {
+  // `app.use(backgroundTasks)`: Express calls the factory with (req, res, next), and nothing ever
+  // calls `next`. Throwing makes Express pass the error to `next(error)`, so the request fails.
+  if (options instanceof IncomingMessage || typeof mountedAs[1] === 'function') {
+    throw new TypeError('Expected `backgroundTasks` to be called before it is mounted, got the function itself, which Express ' +
+      'called with the request: write app.use(backgroundTasks()), not app.use(backgroundTasks)');
+  }
   const scheduler = new Scheduler(resolveOptions(options));
 
   let closed: Promise<CloseSummary> | undefined;

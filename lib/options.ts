@@ -87,7 +87,7 @@ export interface TaskTransport {
 export interface HandedOffTask {
   /** The name given to `defineTask()`. */
   readonly name: string;
-  /** The arguments given to `tasks.add()`, JSON values only. */
+  /** The arguments given to `tasks.add()`, JSON values only: a copy made at `add()`. */
   readonly args: readonly unknown[];
 }
 
@@ -131,7 +131,7 @@ export interface Settings {
 
 /**
  * Validates `options` and fills in the defaults.
- * @throws {TypeError} an option of the wrong type
+ * @throws {TypeError} an option of the wrong type, or an unknown option
  * @throws {RangeError} a number option out of range
  * @internal
  */
@@ -140,6 +140,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
   if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new TypeError(invalid('options', 'an object', options));
   }
+  checkOptionNames('backgroundTasks()', options, OPTION_NAMES);
 
   const {
     onError = reportToStderr,
@@ -177,6 +178,37 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     runLocallyOnHandOffFailure: fallback === 'in-process',
   };
 }
+
+/**
+ * Refuses a key of `options` that the factory does not read, so that a misspelled option fails
+ * instead of silently leaving its default in place.
+ * @param factory - whose options these are, e.g. `backgroundTasks()`
+ * @param options - the options object as given
+ * @param known - the options the factory reads
+ * @throws {TypeError} naming the first unknown key and the option it most likely misspells, or
+ *   listing the options when none is close
+ * @internal
+ */
+export function checkOptionNames(factory: string, options: object, known: readonly string[]): void {
+  for (const key of Object.keys(options)) {
+    if (known.includes(key)) continue;
+    const meant = closest(key, known);
+    const hint = meant === undefined ? known.join(', ') : `did you mean \`${meant}\`?`;
+    throw new TypeError(invalid(key, `an option of ${factory} (${hint})`, (options as Record<string, unknown>)[key]));
+  }
+}
+
+/** The keys `backgroundTasks()` reads; `satisfies` keeps the list in step with the interface. */
+const OPTION_NAMES = Object.keys({
+  onError: true,
+  around: true,
+  timeout: true,
+  concurrency: true,
+  maxPending: true,
+  runOn: true,
+  transport: true,
+  fallback: true,
+} satisfies Record<keyof BackgroundTasksOptions, true>);
 
 /** setTimeout() treats any longer delay as 1 ms. */
 const MAX_TIMEOUT = 2 ** 31 - 1;
@@ -216,6 +248,42 @@ function checkCount(name: string, value: unknown): number {
     throw new RangeError(invalid(name, 'a positive integer or Infinity', value));
   }
   return value;
+}
+
+/**
+ * @return the name in `known` closest to `key` (ignoring case) by edit distance, if it is close
+ *   enough to be a misspelling of it: at most 2 edits, or a third of its length
+ * @private
+ */
+function closest(key: string, known: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const name of known) {
+    const distance = editDistance(key.toLowerCase(), name.toLowerCase());
+    if (distance < bestDistance && distance <= Math.max(2, Math.floor(name.length / 3))) {
+      best = name;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
+/**
+ * @return the Levenshtein distance: the fewest insertions, deletions and substitutions of one
+ *   character that turn `a` into `b`
+ * @private
+ */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, index) => index);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = (previous[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1);
+      current.push(Math.min((previous[j] ?? 0) + 1, (current[j - 1] ?? 0) + 1, substitution));
+    }
+    previous = current;
+  }
+  return previous[b.length] ?? 0;
 }
 
 /**

@@ -1,8 +1,8 @@
 import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
-import { checkJsonArgs, definedName } from './definition.js';
-import { HandOffError, invalid, messageOf, ShutdownError } from './errors.js';
+import { captureJsonArgs, checkTaskFunction, definedName } from './definition.js';
+import { HandOffError, messageOf, ShutdownError } from './errors.js';
 import type { Settings, TaskTransport } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
 import { type Abandon, debug, report, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing, whenSettled } from './task.js';
@@ -17,9 +17,11 @@ export interface TaskQueue {
    * The arguments are type-checked against `fn`. With a `transport`, a task made by `defineTask()`
    * is handed off instead, with the response's other defined tasks, in order.
    * @param fn - a function, sync or async; called with `this` undefined, so bind methods first
-   * @param args - the arguments to call it with; JSON values only when `fn` is a defined task
+   * @param args - the arguments to call it with. When `fn` is a defined task: JSON values only,
+   *   copied here, so that what runs or is sent is what was checked
    * @return this queue, for chaining
-   * @throws {TypeError} when `fn` is not a function, or is a defined task given arguments that are not JSON
+   * @throws {TypeError} when `fn` is not a function, or is a generator function (its body would
+   *   never run), or is a defined task given arguments that are not JSON
    * @throws {QueueFullError} when `maxPending` tasks are already pending
    * @example
    * res.locals.tasks.add(sendConfirmationEmail, req.params.id);
@@ -87,11 +89,10 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
   }
 
   add<A extends unknown[]>(fn: (this: void, ...args: A) => unknown, ...args: A): this {
-    if (typeof fn !== 'function') {
-      throw new TypeError(invalid('fn', 'a function', fn));
-    }
+    checkTaskFunction(fn);
     const durableName = definedName(fn);
-    if (durableName !== undefined) checkJsonArgs(durableName, args);
+    // A defined task keeps a copy of its arguments: what runs or is sent is what was checked.
+    const captured = durableName === undefined ? args : captureJsonArgs(durableName, args);
     if (this.#phase === 'dropped') {
       debug('dropped %s: response status %d', taskName(fn), this.#res.statusCode);
       return this;
@@ -106,7 +107,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
       if (this.#scheduler.closing) this.closing();
       this.#settledForPlatform = keepPlatformAwake();
     }
-    const task = new Task(fn as (...args: never[]) => unknown, args);
+    const task = new Task(fn as (...args: never[]) => unknown, captured);
     const handedOff = durableName !== undefined && this.#scheduler.settings.transport !== undefined;
     if (handedOff) (this.#toHandOff ??= []).push(task);
     else this.#append(task);

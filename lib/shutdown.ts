@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
 import type { Server } from 'node:net';
-import { checkTimeout } from './options.js';
+import { checkOptionNames, checkTimeout } from './options.js';
 import type { Scheduler } from './scheduler.js';
 import { debug } from './task.js';
 import { invalid } from './errors.js';
@@ -57,6 +57,7 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
   if (options === null || typeof options !== 'object') {
     throw new TypeError(invalid('options', 'an object such as { server, timeout: 10_000 }', options));
   }
+  checkOptionNames('close()', options, ['server', 'timeout']);
   const { server, timeout = 10_000 } = options;
   const timeoutMs = checkTimeout(timeout, true);
   if (server !== undefined && typeof (server as Partial<Server> | null)?.close !== 'function') {

@@ -98,9 +98,13 @@ describe('defineTask()', () => {
       [[{ get total() { return 1; } }], 'a getter at args[0].total'],
       [[Object.defineProperty({ id: 1 }, 'toJSON', { value: () => 'other' })], 'a non-enumerable property at args[0].toJSON'],
       [[new Uint8Array(2)], 'a Uint8Array at args[0]'],
+      [[{ items: [{ id: 1 }, [2, , 4]] }], 'a hole at args[0].items[1][1]'], // eslint-disable-line no-sparse-arrays
+      [[Object.assign([1], { [Symbol('tag')]: true })], 'a symbol key at args[0]'],
+      [[{ list: [circular] }], 'a circular reference at args[0].list[0].self'],
     ];
     const shared = { id: 7 };
-    const accepted: unknown[][] = [[], [null, true, 0, -1.5, '', -0], [{ a: shared, b: [shared] }], [Object.assign(Object.create(null) as object, { x: 1 })]];
+    const readOnce = Object.defineProperty([0], 0, { get: () => 1, enumerable: true }); // items are read as JSON.stringify reads them
+    const accepted: unknown[][] = [[], [null, true, 0, -1.5, '', -0], [{ a: shared, b: [shared] }], [Object.assign(Object.create(null) as object, { x: 1 })], [readOnce]];
     const store = defineTask('store', (..._values: unknown[]) => {});
 
     for (const transport of [undefined, recordingTransport()]) {
@@ -133,6 +137,73 @@ describe('defineTask()', () => {
       });
     }
   });
+
+  it('refuses arguments nested more than 1,000 levels deep with a TypeError, however deep, and sends 1,000 levels intact', async () => {
+    const nest = (levels: number): unknown => {
+      let value: unknown = 'leaf';
+      for (let level = 0; level < levels; level++) value = level % 2 === 0 ? [value] : { next: value };
+      return value;
+    };
+    const store = defineTask('store', (..._values: unknown[]) => {});
+    const transport = recordingTransport();
+    const tasks = backgroundTasks({ transport });
+    const app = express();
+    app.use(tasks);
+    app.post('/', (_req, res) => {
+      const outcomes = [1_000, 1_001, 100_000].map((levels) => {
+        try {
+          res.locals.tasks.add(store, 'id', nest(levels));
+          return 'queued';
+        } catch (error) {
+          return `${(error as Error).name}: ${(error as Error).message}`;
+        }
+      });
+      res.json(outcomes);
+    });
+    await withServer(app, async ({ url }) => {
+      const tooDeep = 'TypeError: Expected the arguments of task `store` to be JSON values, got more than 1000 levels of nesting in args[1]';
+      assert.deepEqual(await (await fetch(url, { method: 'POST' })).json(), ['queued', tooDeep, tooDeep]);
+      await transport.sentTimes(1);
+      transport.settle();
+      await tasks.drain();
+    });
+    assert.equal(JSON.stringify(transport.sent[0]?.[0]?.args), JSON.stringify(['id', nest(1_000)]));
+  });
+
+  for (const withTransport of [false, true]) {
+    it(`captures the arguments at add(): ${withTransport ? 'the transport is sent' : 'the task runs with'} what was checked, whatever the caller changes afterwards`, async () => {
+      const received: unknown[][] = [];
+      const store = defineTask('store', (...values: unknown[]) => void received.push(values));
+      const transport = recordingTransport();
+      const tasks = backgroundTasks({ transport: withTransport ? transport : undefined });
+      const order: Record<string, unknown> & { items: number[]; shipping: { city: string } } = { id: 'o-1', items: [1, 2, 3], shipping: { city: 'Oslo' } };
+      const parsed: unknown = JSON.parse('{"__proto__": {"admin": true}}');
+      const app = express();
+      app.use(tasks);
+      app.post('/', (_req, res) => {
+        res.locals.tasks.add(store, order, -0, parsed);
+        order.items.push(4);
+        order.shipping.city = 'Bergen';
+        order['when'] = new Date(0);
+        res.end();
+      });
+      await withServer(app, async ({ url }) => {
+        await fetch(url, { method: 'POST' });
+        if (withTransport) {
+          await transport.sentTimes(1);
+          transport.settle();
+        }
+        await tasks.drain();
+      });
+      const args = withTransport ? transport.sent[0]?.[0]?.args : received[0];
+      assert.ok(args !== undefined);
+      assert.deepEqual(args, [{ id: 'o-1', items: [1, 2, 3], shipping: { city: 'Oslo' } }, 0, parsed]);
+      assert.notEqual(args[0], order, 'a copy, not the caller\'s object');
+      assert.ok(Object.is(args[1], 0), '-0 arrives as 0, as through JSON');
+      assert.ok(Object.hasOwn(args[2] as object, '__proto__'), 'an own "__proto__" key stays a key');
+      assert.equal(Object.getPrototypeOf(args[2]), Object.prototype, 'and does not become the prototype');
+    });
+  }
 });
 
 describe('the `transport` option', () => {

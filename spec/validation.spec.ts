@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { backgroundTasks, defineTask, type BackgroundTasksOptions } from '../lib/index.js';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { backgroundTasks, defineTask, type BackgroundTasksOptions, withSignal } from '../lib/index.js';
 import { bullmqTransport, createWorker, type BullmqTransportOptions, type CreateWorkerOptions } from '../lib/bullmq.js';
 import { expressVersions, withServer } from './support/http.js';
 
@@ -25,6 +26,12 @@ describe('bad input is refused at once', () => {
     [{ transport: {} }, TypeError, 'Expected `transport` to be an object with a send() method, such as bullmqTransport({ queue }), got `{}` (object)'],
     [{ transport: null }, TypeError, 'got `null` (object)'],
     [{ fallback: 'retry' }, TypeError, "Expected `fallback` to be 'none' or 'in-process', got `retry` (string)"],
+    [{ concurency: 4, timout: 100 }, TypeError, 'Expected `concurency` to be an option of backgroundTasks() (did you mean `concurrency`?), got `4` (number)'],
+    [{ timout: 100 }, TypeError, 'Expected `timout` to be an option of backgroundTasks() (did you mean `timeout`?), got `100` (number)'],
+    [{ maxpending: 10 }, TypeError, 'Expected `maxpending` to be an option of backgroundTasks() (did you mean `maxPending`?), got `10` (number)'],
+    [{ on_error: 'log' }, TypeError, 'Expected `on_error` to be an option of backgroundTasks() (did you mean `onError`?), got `log` (string)'],
+    [{ retries: 3 }, TypeError, 'Expected `retries` to be an option of backgroundTasks() (onError, around, timeout, concurrency, maxPending, runOn, transport, fallback), got `3` (number)'],
+    [{ around: 'span' }, TypeError, 'Expected `around` to be a function (info, run) => run(), got `span` (string)'],
   ];
   for (const [options, ErrorClass, message] of invalidOptions) {
     it(`backgroundTasks(${JSON.stringify(options, (_key, value: unknown) => (typeof value === 'bigint' ? `${value}n` : value))}) throws a ${ErrorClass.name} naming the option`, () => {
@@ -42,6 +49,27 @@ describe('bad input is refused at once', () => {
     assert.equal(middleware.name, 'backgroundTasksMiddleware');
     assert.equal(backgroundTasks({ timeout: Infinity, maxPending: Infinity, concurrency: 1 }).pending, 0);
     assert.equal(backgroundTasks(undefined).pending, 0);
+  });
+
+  const invalidCloseOptions: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
+    ['soon', TypeError, 'Expected `options` to be an object such as { server, timeout: 10_000 }, got `soon` (string)'],
+    [{ timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, or Infinity, got `0` (number)'],
+    [{ timout: 5000 }, TypeError, 'Expected `timout` to be an option of close() (did you mean `timeout`?), got `5000` (number)'],
+    [{ server: 3000 }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `3000` (number)'],
+  ];
+  for (const [options, ErrorClass, message] of invalidCloseOptions) {
+    it(`close(${JSON.stringify(options)}) throws a ${ErrorClass.name} at once, and does not start closing`, () => {
+      const middleware = backgroundTasks();
+      assert.throws(() => middleware.close(options as Parameters<typeof middleware.close>[0]), (error: unknown) => {
+        assert.ok(error instanceof ErrorClass, `a ${ErrorClass.name}`);
+        assert.equal(error.message, message);
+        return true;
+      });
+    });
+  }
+
+  it('withSignal() refuses a non-function', () => {
+    assert.throws(() => withSignal('fetch' as never), { name: 'TypeError', message: 'Expected `fn` to be a function taking an AbortSignal first, got `fetch` (string)' });
   });
 
   it('makes `pending` read-only', () => {
@@ -76,10 +104,65 @@ describe('bad input is refused at once', () => {
     });
   }
 
+  for (const [label, createApp] of expressVersions) {
+    it(`${label}: add() with a generator function throws a TypeError that says its body would never run, and queues nothing`, async () => {
+      const tasks = backgroundTasks();
+      const thrown: unknown[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        const generators = [function* poll() {}, async function* stream() {}, (function* bound() {}).bind(null)];
+        for (const generator of generators) {
+          try {
+            res.locals.tasks.add(generator as () => void);
+          } catch (error) {
+            thrown.push(error);
+          }
+        }
+        res.json({ size: res.locals.tasks.size, pending: tasks.pending });
+      });
+      await withServer(app, async (server) => {
+        assert.deepEqual(await (await fetch(server.url)).json(), { size: 0, pending: 0 });
+      });
+      assert.deepEqual(thrown.map((error) => [(error as Error).name, (error as Error).message]), [
+        ['TypeError', `Expected \`fn\` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got \`[GeneratorFunction: poll]\` (function)`],
+        ['TypeError', `Expected \`fn\` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got \`[AsyncGeneratorFunction: stream]\` (function)`],
+        ['TypeError', `Expected \`fn\` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got \`[Function: bound bound] GeneratorFunction\` (function)`],
+      ]);
+    });
+
+    it(`${label}: app.use(backgroundTasks), the factory not called, fails each request with a TypeError naming the fix instead of hanging`, async () => {
+      const reached: string[] = [];
+      const app = createApp();
+      app.use(backgroundTasks as unknown as RequestHandler);
+      app.get('/', (_req, res) => {
+        reached.push('handler');
+        res.end();
+      });
+      app.use((error: Error, _req: Request, res: Response, _next: NextFunction) => {
+        res.status(500).json({ name: error.name, message: error.message });
+      });
+      await withServer(app, async ({ url }) => {
+        for (let request = 0; request < 2; request++) {
+          const response = await fetch(url, { signal: AbortSignal.timeout(5_000) });
+          assert.equal(response.status, 500);
+          assert.deepEqual(await response.json(), {
+            name: 'TypeError',
+            message: 'Expected `backgroundTasks` to be called before it is mounted, got the function itself, which Express called with ' +
+              'the request: write app.use(backgroundTasks()), not app.use(backgroundTasks)',
+          });
+        }
+      });
+      assert.deepEqual(reached, [], 'the route never ran without its queue');
+    });
+  }
+
   const invalidDefinitions: [name: unknown, fn: unknown, message: string][] = [
     ['', () => {}, 'Expected `name` to be a non-empty string, got `` (string)'],
     [42, () => {}, 'Expected `name` to be a non-empty string, got `42` (number)'],
     ['send-email', 'sendEmail', 'Expected `fn` to be a function, got `sendEmail` (string)'],
+    ['poll', function* poll() {}, 'Expected `fn` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got `[GeneratorFunction: poll]` (function)'],
+    ['stream', async function* stream() {}, 'Expected `fn` to be a function that is not a generator (calling a generator function only creates an iterator: its body would never run), got `[AsyncGeneratorFunction: stream]` (function)'],
   ];
   for (const [name, fn, message] of invalidDefinitions) {
     it(`defineTask(${JSON.stringify(name)}, ${typeof fn}) throws a TypeError: ${message}`, () => {
@@ -95,6 +178,9 @@ describe('bad input is refused at once', () => {
     [{ queue, timeout: '5s' }, TypeError, 'Expected `timeout` to be a number of milliseconds, got `5s` (string)'],
     [{ queue, timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, got `0` (number)'],
     [{ queue, timeout: Infinity }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, got `Infinity` (number)'],
+    [{ queue, timout: 5_000 }, TypeError, 'Expected `timout` to be an option of bullmqTransport() (did you mean `timeout`?), got `5000` (number)'],
+    [{ queue, jobOption: { attempts: 3 } }, TypeError, 'Expected `jobOption` to be an option of bullmqTransport() (did you mean `jobOptions`?), got `{ attempts: 3 }` (object)'],
+    [{ queue, attempts: 3 }, TypeError, 'Expected `attempts` to be an option of bullmqTransport() (queue, jobOptions, timeout), got `3` (number)'],
   ];
   for (const [options, ErrorClass, message] of invalidTransports) {
     it(`bullmqTransport() throws a ${ErrorClass.name}: ${message}`, () => {

@@ -53,6 +53,8 @@ backgroundTasks({ concurrency: '4' });
 backgroundTasks({ onError: 'log' });
 // @ts-expect-error -- no such option
 backgroundTasks({ retries: 3 });
+// @ts-expect-error -- a misspelled option (also refused at run time, naming `concurrency`)
+backgroundTasks({ concurency: 4 });
 // @ts-expect-error -- `pending` is read-only
 tasks.pending = 0;
 // @ts-expect-error -- `drain()` takes no callback, it returns a promise
@@ -77,6 +79,10 @@ backgroundTasks({ transport: {} });
 // @ts-expect-error -- bullmqTransport() takes a BullMQ queue, not its name
 bullmqTransport({ queue: 'tasks' });
 export function worker(queue: Queue): void {
+  // @ts-expect-error -- a misspelled option (also refused at run time, naming `timeout`)
+  bullmqTransport({ queue, timout: 5_000 });
+  // @ts-expect-error -- a misspelled BullMQ worker option: only TypeScript catches it, BullMQ's own options pass through
+  createWorker({ queueName: queue.name, connection: {}, tasks: [sendReceipt], concurency: 4 });
   // @ts-expect-error -- a worker runs defined tasks, not plain functions
   createWorker({ queueName: queue.name, connection: {}, tasks: [sendConfirmationEmail] });
   // @ts-expect-error -- the queue's name is required
