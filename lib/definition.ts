@@ -75,7 +75,7 @@ const TASK_NAME = Symbol.for('express-background-tasks.taskName');
  * @return a function that calls `fn`, named `name`
  * @throws {TypeError} when `name` is not a non-empty string or `fn` is not a function
  * @example
- * export const sendConfirmationEmail = defineTask('send-confirmation-email', async (id: string) => {
+ * export const sendConfirmationEmail = defineTask('sendConfirmationEmail', async (id: string) => {
  *   await mailer.send(id);
  * });
  * @public
