@@ -59,6 +59,23 @@ describe('the code in the README and docs/', () => {
     assert.deepEqual(unmarked.map((block) => block.where), [], 'put <!-- checked: typecheck --> (or run, or unchecked: why) on the line before each');
   });
 
+  it('links only to files that exist, and to headings that exist in them', async () => {
+    const broken: string[] = [];
+    for (const page of pages) {
+      const markdown = await readFile(path.join(repo, page), 'utf8');
+      for (const [, target = ''] of markdown.matchAll(/\]\(([^)\s]+)\)/g)) {
+        if (/^[a-z]+:/.test(target)) continue;
+        const [file = '', anchor] = target.split('#');
+        const linked = file === '' ? page : path.posix.join(path.posix.dirname(page), file);
+        if (!existsSync(path.join(repo, linked))) broken.push(`${page}: ${target}`);
+        else if (anchor !== undefined && linked.endsWith('.md') && !headingsOf(await readFile(path.join(repo, linked), 'utf8')).includes(anchor)) {
+          broken.push(`${page}: ${target} (no such heading)`);
+        }
+      }
+    }
+    assert.deepEqual(broken, []);
+  });
+
   it(`compiles, strict, each of the ${checked.length} checked blocks`, () => {
     const errors = [...compiled.output.matchAll(/^(.+?)\((\d+),\d+\): (error TS\d+: .*)$/gm)].map(([, file, line, message]) => {
       const block = checked.find((candidate) => candidate.file === file);
@@ -101,6 +118,13 @@ function blocksOf(page: string, markdown: string): Block[] {
     index = end;
   }
   return found;
+}
+
+/** @return the anchors GitHub and npm give a page's headings: `## Redis down and \`fallback\`` is `redis-down-and-fallback` */
+function headingsOf(markdown: string): string[] {
+  const outsideCode = markdown.replace(/^```[\s\S]*?^```/gm, '');
+  return [...outsideCode.matchAll(/^#{1,6} (.+)$/gm)].map(([, heading = '']) =>
+    heading.trim().toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replaceAll(' ', '-'));
 }
 
 /** Runs a command without a shell, bounded in time. @return its exit code and all it printed */

@@ -104,14 +104,21 @@ describe('packaging', () => {
       }
     });
 
-    it('ships the README, LICENSE and CHANGELOG the repository has, and every file in docs/ the README links to', async () => {
+    it('ships the README, LICENSE, CHANGELOG and docs/, and every file they link to, so the links work in node_modules', async () => {
       for (const doc of shippedDocs.filter((file) => existsSync(path.join(repo, file)))) {
         assert.ok(tarballFiles.includes(doc), `${doc} is missing`);
       }
-      const readme = await readFile(path.join(repo, 'README.md'), 'utf8');
-      const linked = [...readme.matchAll(/\]\((docs\/[^)#\s]+)/g)].map(([, file = '']) => file);
-      assert.ok(linked.length > 0, 'the README links to no guide in docs/');
-      assert.deepEqual(linked.filter((file) => !tarballFiles.includes(file)), [], 'README links to files the tarball lacks');
+      const pages = tarballFiles.filter((file) => file.endsWith('.md'));
+      assert.ok(pages.filter((file) => file.startsWith('docs/')).length >= 5, `the guides in docs/ are missing: ${pages.join(', ')}`);
+      const unshipped: string[] = [];
+      for (const page of pages) {
+        const markdown = await readFile(path.join(repo, page), 'utf8');
+        for (const [, target = ''] of markdown.matchAll(/\]\(([^)#\s]+)(?:#[^)\s]*)?\)/g)) {
+          const linked = path.posix.join(path.posix.dirname(page), target);
+          if (!/^[a-z]+:/.test(target) && !tarballFiles.includes(linked)) unshipped.push(`${page}: ${target}`);
+        }
+      }
+      assert.deepEqual(unshipped, [], 'links to files the tarball lacks');
     });
   });
 
