@@ -17,4 +17,10 @@ export default tseslint.config(
       'prefer-const': 'error',
     },
   },
+  {
+    // The CommonJS entry, its types and their type test: `require()` is the point of these files.
+    files: ['lib/index.cjs', 'lib/index.d.cts', 'spec/types/require-usage.cts'],
+    languageOptions: { sourceType: 'commonjs', globals: { module: 'writable', require: 'readonly' } },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
 );

@@ -71,7 +71,7 @@ export function renderPage(input: PageInput): { markdown: string; svg: string } 
     ...(missed.length === 0 ? [] : explainMisses(missed, input.measurements, input.evidence, input.settings)),
     '## Reproduce',
     '',
-    '`npm run bench` writes this page and its chart. The code is in [`bench/`](../bench): `run.ts` runs the steps;',
+    '`npm run bench` writes this page and its chart. The code is in the repository’s `bench/`: `run.ts` runs the steps;',
     '`servers.ts`, `queue.ts` and `memory.ts` are the child processes; `http.ts` drives autocannon. The library is',
     'compiled with `tsconfig.build.json` first, so the numbers are those of the shipped JavaScript.',
     '',

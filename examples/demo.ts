@@ -18,25 +18,26 @@ const runner = useBullmq ? 'worker' : 'task';
 
 // The background work: stand-ins for an email API, an analytics service and a file import.
 // Defined with a name, so that a BullMQ worker can run them too; without a transport they run
-// in this process like plain functions.
+// in this process like plain functions. Each is named as its variable, so the timeline, onError,
+// DEBUG output and the BullMQ jobs all call a task by one name.
 
-const sendConfirmationEmail = defineTask('send-confirmation-email', async (id: string) => {
+const sendConfirmationEmail = defineTask('sendConfirmationEmail', async (id: string) => {
   log(runner, `sendConfirmationEmail(${id}) started`);
   await sleep(300);
   log(runner, `sendConfirmationEmail(${id}) finished: email sent`);
 });
 
-const recordAnalytics = defineTask('record-analytics', (event: string, id: string) => {
+const recordAnalytics = defineTask('recordAnalytics', (event: string, id: string) => {
   log(runner, `recordAnalytics(${event}, ${id})`);
 });
 
-const importContacts = defineTask('import-contacts', async (file: string) => {
+const importContacts = defineTask('importContacts', async (file: string) => {
   log(runner, `importContacts(${file}) started`);
   await sleep(50);
   throw new Error(`${file}: row 3 has no email address`);
 });
 
-const deleteUpload = defineTask('delete-upload', (file: string) => {
+const deleteUpload = defineTask('deleteUpload', (file: string) => {
   log(runner, `deleteUpload(${file}) runs although the task before it failed`);
 });
 
@@ -48,6 +49,10 @@ const connection = { host: redis?.host ?? '', port: redis?.port ?? 0 };
 const queue = redis && new Queue('demo-tasks', { connection: { ...connection, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
 await queue?.obliterate({ force: true }); // a clean slate if REDIS_URL points at a Redis used before
 const worker = redis && createWorker({ queueName: 'demo-tasks', connection, tasks: [sendConfirmationEmail, recordAnalytics, importContacts, deleteUpload], concurrency: 4 });
+// One line per Redis connection error; without these listeners BullMQ prints a raw stack for each
+// reconnection attempt while Redis is down.
+queue?.on('error', (error) => log('server', `queue: ${error.message}`));
+worker?.on('error', (error) => log('worker', error.message));
 worker?.on('active', (job) => log('worker', `picked up a job from Redis: ${describeJob(job)}`));
 worker?.on('failed', (job, error) => log('worker', `job ${job && describeJob(job)} failed: ${error.message}`));
 const jobsDone = new Promise<void>((resolve) => {
@@ -100,9 +105,11 @@ in Redis, and a worker (createWorker) runs them, in order. A failing task fails 
 
 Each route responds at once and queues its slow work with res.locals.tasks.add(fn, ...args).
 Watch the times: a response is sent before any of its tasks starts, so the client gets
-"201" ~300 ms before "email sent". A failing task goes to onError, and the next task of the
-same response still runs. (DEBUG=express-background-tasks shows the library's own trace;
-npm run demo -- --bullmq runs the same tasks through Redis.)
+"201" ~300 ms before "email sent". A task may still print "started" just before the client's
+"got 201": the task starts once the response has been handed to the OS, and the client, in
+this same process, reads it from the socket a moment later. A failing task goes to onError,
+and the next task of the same response still runs. (DEBUG=express-background-tasks shows the
+library's own trace; npm run demo -- --bullmq runs the same tasks through Redis.)
 `);
 
 const t0 = performance.now();
@@ -152,7 +159,7 @@ function column(request: string): string {
   return request.padEnd(26);
 }
 
-/** A job as its tasks: `send-confirmation-email("1"), record-analytics("item_created","1")`. */
+/** A job as its tasks: `sendConfirmationEmail("1"), recordAnalytics("item_created","1")`. */
 function describeJob(job: Job<TasksJobData>): string {
   return job.data.tasks.map(({ name, args }) => `${name}(${args.map((arg) => JSON.stringify(arg)).join(',')})`).join(', ');
 }

@@ -13,6 +13,52 @@ export interface DefinedTask<A extends unknown[] = never, R = unknown> {
 }
 
 /**
+ * What TypeScript shows in place of a task parameter type that JSON cannot carry, with the reason:
+ * `defineTask('remind', (when: Date) => …)` fails to compile with
+ * `… ...args: unknown[] & [when: NotJsonValue<"a Date: pass date.toISOString()">] …`.
+ */
+declare const notJsonValue: unique symbol;
+interface NotJsonValue<Reason extends string> {
+  readonly [notJsonValue]: Reason;
+}
+
+/**
+ * `T` with each part that does not survive `JSON.stringify` and `JSON.parse` replaced by a
+ * `NotJsonValue`, as far as types can tell: `undefined`, functions, bigints, symbols, `Date`, `Map`,
+ * `Set`, class instances with methods. Plain interfaces and type aliases pass; so do optional
+ * properties and parameters (JSON leaves them out), `unknown` and `any`. What types cannot tell
+ * (`NaN`, a class with fields only, a property set to `undefined`) is refused by `add()`.
+ */
+type JsonOnly<T> =
+  unknown extends T ? T
+  : T extends string | number | boolean | null ? T
+  : T extends undefined ? NotJsonValue<'undefined: leave the property or argument out, or pass null'>
+  : T extends bigint ? NotJsonValue<'a bigint: pass String(value)'>
+  : T extends symbol ? NotJsonValue<'a symbol'>
+  : T extends (...args: never) => unknown ? NotJsonValue<'a function: JSON carries no code'>
+  : T extends Date ? NotJsonValue<'a Date: pass date.toISOString()'>
+  : T extends ReadonlyMap<unknown, unknown> ? NotJsonValue<'a Map: pass Object.fromEntries(map)'>
+  : T extends ReadonlySet<unknown> ? NotJsonValue<'a Set: pass [...set]'>
+  : T extends readonly (infer E)[] ? JsonOnlyArray<E>
+  : T extends object ? JsonOnlyObject<T>
+  : NotJsonValue<'not a JSON value'>;
+
+/** An interface, not an alias, so that recursive payload types (a `JsonValue` of one's own) resolve lazily. */
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type -- its members come from the supertype
+interface JsonOnlyArray<E> extends ReadonlyArray<JsonOnly<E>> {}
+
+/**
+ * Each property (or tuple element) checked. An optional one may be `undefined`: TypeScript reads
+ * `note?: string` as `string | undefined`, and JSON leaves such a property out.
+ */
+type JsonOnlyObject<T> = {
+  [K in keyof T]: K extends symbol ? NotJsonValue<'a symbol key'>
+    : Partial<Pick<T, K>> extends Pick<T, K> ? JsonOnlyOrMissing<T[K]>
+    : JsonOnly<T[K]>;
+};
+type JsonOnlyOrMissing<T> = T extends undefined ? T : JsonOnly<T>;
+
+/**
  * The brand of a defined task. `Symbol.for`, so the ESM and the CommonJS build recognise each
  * other's tasks when an app loads both.
  */
@@ -22,19 +68,21 @@ const TASK_NAME = Symbol.for('express-background-tasks.taskName');
  * Names a task so that it can leave the process: with a `transport` configured, `tasks.add()` hands
  * it off (a BullMQ job, say) for a worker holding the same definition to run. Without one it runs
  * in this process like any function. Its arguments must be JSON values either way, so that adding
- * a transport later is a configuration change, not a rewrite.
+ * a transport later is a configuration change, not a rewrite: TypeScript refuses `fn` when a
+ * parameter type is not JSON (a `Date`, a `Map`, a function, `undefined`…), and `add()` checks
+ * the values.
  * @param name - unique among the tasks a worker runs; keep it stable across deploys
  * @param fn - the task, sync or async; called with `this` undefined
  * @return a function that calls `fn`, named `name`
  * @throws {TypeError} when `name` is not a non-empty string, or `fn` is not a function or is a
  *   generator function
  * @example
- * export const sendConfirmationEmail = defineTask('send-confirmation-email', async (id: string) => {
+ * export const sendConfirmationEmail = defineTask('sendConfirmationEmail', async (id: string) => {
  *   await mailer.send(id);
  * });
  * @public
  */
-export function defineTask<A extends unknown[], R>(name: string, fn: (this: void, ...args: A) => R): DefinedTask<A, R> {
+export function defineTask<A extends unknown[] & JsonOnlyObject<A>, R>(name: string, fn: (this: void, ...args: A) => R): DefinedTask<A, R> {
   if (typeof name !== 'string' || name === '') {
     throw new TypeError(invalid('name', 'a non-empty string', name));
   }

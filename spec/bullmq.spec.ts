@@ -1,17 +1,21 @@
 // The BullMQ transport against a real Redis server (see spec/support/redis.ts for which one).
 // The core is proven against Express 4 and 5 elsewhere; these specs use Express 5.
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { after, describe, test } from 'node:test';
-import { type Job, type JobsOptions, Queue, type Worker } from 'bullmq';
+import { type ConnectionOptions, type Job, type JobsOptions, Queue, type Worker } from 'bullmq';
 import express from 'express';
+import { Redis as Ioredis6 } from 'ioredis';
+import { Redis as Ioredis5 } from 'ioredis5';
 import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions, type DefinedTask, type TaskInfo } from '../lib/index.js';
 import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
 import { deferred, withServer } from './support/http.js';
 import { freePort, startRedis, uniqueQueue, waitForOutput, type Redis } from './support/redis.js';
 
+const requireFromSpec = createRequire(import.meta.url);
 const redisOrReason = await startRedis();
 const redis = typeof redisOrReason === 'string' ? undefined : redisOrReason;
 const skip = typeof redisOrReason === 'string' ? redisOrReason : false;
@@ -443,4 +447,53 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     assert.match((reported[0] as Error).message, /^Task notify could not be handed off: Redis did not store the job within 200 ms$/);
     void patientQueue.close(); // resolves only once connected: never here, and nothing else holds the process
   });
+
+  // BullMQ 6 loads whichever ioredis the app installed (`npm install bullmq ioredis` gives 6, the
+  // specs above run on it); BullMQ 5 brings ioredis 5. Both, through connections made by each.
+  const clients = [
+    ['ioredis 5', 'ioredis5', (options: { host: string; port: number; maxRetriesPerRequest: number | null }) => new Ioredis5(options)],
+    ['ioredis 6', 'ioredis', (options: { host: string; port: number; maxRetriesPerRequest: number | null }) => new Ioredis6(options)],
+  ] as const;
+  for (const [label, packageName, makeClient] of clients) {
+    test(`hands off and runs a job, and fails fast when Redis is down, over connections made by ${label}`, async (t) => {
+      assert.equal(requireFromSpec(`${packageName}/package.json`).version.split('.')[0], label.slice(-1));
+      const made: { disconnect(): void }[] = [];
+      t.after(() => made.forEach((client) => client.disconnect())); // BullMQ leaves a client it was given open
+      const clientFor = (options: { port: number; maxRetriesPerRequest: number | null }): ConnectionOptions => {
+        const client = makeClient({ host: connection.host, ...options });
+        client.on('error', () => {}); // each failed connection attempt, while Redis is down
+        made.push(client);
+        return client as unknown as ConnectionOptions;
+      };
+      const queue = new Queue(`spec-${randomUUID()}`, { connection: clientFor({ port: connection.port, maxRetriesPerRequest: 1 }), skipWaitingForReady: true });
+      await queue.waitUntilReady();
+      const ran: string[] = [];
+      const greet = defineTask('greet', (name: string) => void ran.push(name));
+      const worker = createWorker({ queueName: queue.name, connection: clientFor({ port: connection.port, maxRetriesPerRequest: null }), tasks: [greet] });
+      opened.push(queue, worker);
+      const completed = jobEvents(worker, 'completed', 1);
+      const { app } = appWith({ transport: bullmqTransport({ queue }) }, (_req, res) => {
+        res.locals.tasks.add(greet, 'Ada').add(greet, 'Grace');
+        res.end();
+      });
+      await withServer(app, ({ url }) => fetch(`${url}/1`, { method: 'POST' }));
+      await completed;
+      assert.deepEqual(ran, ['Ada', 'Grace']);
+
+      const deadQueue = new Queue(`spec-${randomUUID()}`, { connection: clientFor({ port: await freePort(), maxRetriesPerRequest: 1 }), skipWaitingForReady: true });
+      deadQueue.on('error', () => {}); // BullMQ writes each one to stderr unless the queue has a listener
+      opened.push(deadQueue);
+      const reported: unknown[] = [];
+      const dead = appWith({ transport: bullmqTransport({ queue: deadQueue }), onError: (error) => reported.push(error) }, (_req, res) => {
+        res.locals.tasks.add(greet, 'Lin');
+        res.end();
+      });
+      const startedAt = performance.now();
+      await withServer(dead.app, ({ url }) => fetch(`${url}/1`, { method: 'POST' }));
+      await dead.tasks.drain();
+      assert.ok(performance.now() - startedAt < 5_000, 'the hand-off failed within seconds, not at the transport\'s timeout');
+      assert.match((reported[0] as Error).message, /^Task greet could not be handed off: Reached the max retries per request limit/);
+      await closeOpened();
+    });
+  }
 });

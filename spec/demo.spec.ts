@@ -32,7 +32,7 @@ describe('npm run demo', () => {
       assert.ok(lineOf(timeline, `POST /items/${id}               response sent`) < lineOf(timeline, `sendConfirmationEmail(${id}) started`));
       assert.ok(lineOf(timeline, `sendConfirmationEmail(${id}) finished`) < lineOf(timeline, `recordAnalytics(item_created, ${id})`));
     }
-    assert.ok(lineOf(timeline, 'onError  import-contacts failed') < lineOf(timeline, 'deleteUpload(contacts.csv) runs'));
+    assert.ok(lineOf(timeline, 'onError  importContacts failed') < lineOf(timeline, 'deleteUpload(contacts.csv) runs'));
     assert.equal(lineOf(timeline, 'every task has settled'), timeline.length - 1);
   });
 
@@ -40,14 +40,14 @@ describe('npm run demo', () => {
     const redis = redisOrReason as Exclude<typeof redisOrReason, string>;
     const timeline = await demo(['--bullmq'], { REDIS_URL: `redis://${redis.host}:${redis.port}` });
     for (const [job, request] of [
-      ['send-confirmation-email("1"), record-analytics("item_created","1")', 'POST /items/1               '],
-      ['send-confirmation-email("2"), record-analytics("item_created","2")', 'POST /items/2               '],
-      ['import-contacts("contacts.csv"), delete-upload("contacts.csv")', 'POST /imports/contacts.csv  '],
+      ['sendConfirmationEmail("1"), recordAnalytics("item_created","1")', 'POST /items/1               '],
+      ['sendConfirmationEmail("2"), recordAnalytics("item_created","2")', 'POST /items/2               '],
+      ['importContacts("contacts.csv"), deleteUpload("contacts.csv")', 'POST /imports/contacts.csv  '],
     ] as const) {
       assert.ok(lineOf(timeline, `${request}response sent`) < lineOf(timeline, `picked up a job from Redis: ${job}`));
     }
     assert.ok(lineOf(timeline, 'POST /items/1               response sent') < lineOf(timeline, 'worker   sendConfirmationEmail(1) started'));
-    assert.ok(lineOf(timeline, 'deleteUpload(contacts.csv) runs') < lineOf(timeline, 'job import-contacts("contacts.csv"), delete-upload("contacts.csv") failed: contacts.csv: row 3 has no email address'));
+    assert.ok(lineOf(timeline, 'deleteUpload(contacts.csv) runs') < lineOf(timeline, 'job importContacts("contacts.csv"), deleteUpload("contacts.csv") failed: contacts.csv: row 3 has no email address'));
     assert.equal(lineOf(timeline, 'closed: all 3 jobs have run'), timeline.length - 1);
   });
 });

@@ -23,6 +23,9 @@ const manifest = JSON.parse(await readFile(path.join(repo, 'package.json'), 'utf
 /** What the tarball may hold, besides dist/**: npm always adds package.json, README and LICENSE. */
 const shippedDocs = ['README.md', 'LICENSE', 'CHANGELOG.md'];
 
+/** The hand-written CommonJS entry (lib/index.cjs) and its types, next to the compiled modules. */
+const commonJsEntry = ['dist/cjs/index.cjs', 'dist/cjs/index.d.cts'];
+
 /** A user's strict project, compiled the three ways Node projects resolve the package's types. */
 const typeProjects = [
   {
@@ -30,20 +33,23 @@ const typeProjects = [
     dir: 'types-esm-nodenext',
     packageType: 'module',
     entry: 'dist/esm/index.d.ts',
+    fixtures: ['valid-usage.ts', 'invalid-usage.ts'],
     compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext' },
   },
   {
     label: 'a CommonJS project (module NodeNext)',
     dir: 'types-cjs-nodenext',
     packageType: 'commonjs',
-    entry: 'dist/cjs/index.d.ts',
+    entry: 'dist/cjs/index.d.cts',
+    fixtures: ['valid-usage.ts', 'invalid-usage.ts', 'require-usage.cts'],
     compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext' },
   },
   {
     label: 'a CommonJS project (module CommonJS, moduleResolution node10)',
     dir: 'types-cjs-node10',
     packageType: 'commonjs',
-    entry: 'dist/cjs/index.d.ts',
+    entry: 'dist/cjs/index.d.cts',
+    fixtures: ['valid-usage.ts', 'invalid-usage.ts', 'require-usage.cts'],
     compilerOptions: { module: 'CommonJS', moduleResolution: 'node10', esModuleInterop: true },
   },
 ] as const;
@@ -79,11 +85,11 @@ describe('packaging', () => {
   });
 
   describe('the tarball', () => {
-    it('holds only package.json, the README, LICENSE, CHANGELOG and the build output in dist/', () => {
-      const unexpected = tarballFiles.filter((file) => file !== 'package.json' && !shippedDocs.includes(file) &&
-        !/^dist\/(esm|cjs)\/[\w-]+\.(js|d\.ts)$/.test(file) && file !== 'dist/cjs/package.json');
+    it('holds only package.json, the README, LICENSE, CHANGELOG, the guides in docs/ and the build output in dist/', () => {
+      const unexpected = tarballFiles.filter((file) => file !== 'package.json' && !shippedDocs.includes(file) && !/^docs\/[\w-]+\.(md|svg)$/.test(file) &&
+        !/^dist\/(esm|cjs)\/[\w-]+\.(js|d\.ts)$/.test(file) && !commonJsEntry.includes(file) && file !== 'dist/cjs/package.json');
       assert.deepEqual(unexpected, [], 'files the tarball should not ship');
-      for (const folder of ['lib/', 'spec/', 'bench/', 'examples/', 'docs/', 'scripts/', 'node_modules/']) {
+      for (const folder of ['lib/', 'spec/', 'bench/', 'examples/', 'scripts/', 'node_modules/', '.tmp/']) {
         assert.ok(!tarballFiles.some((file) => file.startsWith(folder)), `${folder} is shipped`);
       }
     });
@@ -92,34 +98,53 @@ describe('packaging', () => {
       const shipped = JSON.parse(await readFile(path.join(consumer, 'node_modules', manifest.name, 'package.json'), 'utf8')) as
         { main: string; types: string; exports: unknown };
       const targets = [shipped.main, shipped.types, ...exportTargets(shipped.exports)].map((target) => path.posix.normalize(target));
-      assert.ok(targets.includes('dist/esm/index.js') && targets.includes('dist/cjs/index.js'), targets.join(', '));
+      assert.ok(targets.includes('dist/esm/index.js') && targets.includes('dist/cjs/index.cjs'), targets.join(', '));
       for (const file of [...targets, 'dist/cjs/package.json']) {
         assert.ok(tarballFiles.includes(file), `${file} is missing`);
       }
     });
 
-    it('ships the README, LICENSE and CHANGELOG the repository has', () => {
+    it('ships the README, LICENSE, CHANGELOG and docs/, and every file they link to, so the links work in node_modules', async () => {
       for (const doc of shippedDocs.filter((file) => existsSync(path.join(repo, file)))) {
         assert.ok(tarballFiles.includes(doc), `${doc} is missing`);
       }
+      const pages = tarballFiles.filter((file) => file.endsWith('.md'));
+      assert.ok(pages.filter((file) => file.startsWith('docs/')).length >= 5, `the guides in docs/ are missing: ${pages.join(', ')}`);
+      const unshipped: string[] = [];
+      for (const page of pages) {
+        const markdown = await readFile(path.join(repo, page), 'utf8');
+        for (const [, target = ''] of markdown.matchAll(/\]\(([^)#\s]+)(?:#[^)\s]*)?\)/g)) {
+          const linked = path.posix.join(path.posix.dirname(page), target);
+          if (!/^[a-z]+:/.test(target) && !tarballFiles.includes(linked)) unshipped.push(`${page}: ${target}`);
+        }
+      }
+      assert.deepEqual(unshipped, [], 'links to files the tarball lacks');
     });
   });
 
   describe('installed in a consumer app', () => {
-    it('require() loads the CommonJS build: backgroundTasks, the same function as .default, TimeoutError, QueueFullError', async () => {
+    it('require() returns the factory itself, carrying every named export: .backgroundTasks and .default are the same function', async () => {
       const printed = await runNode(consumer, 'exports.cjs', `
         const assert = require('node:assert/strict');
-        const tasks = require('express-background-tasks');
-        assert.equal(typeof tasks.backgroundTasks, 'function');
-        assert.equal(tasks.default, tasks.backgroundTasks);
-        assert.equal(new tasks.TimeoutError('late').name, 'TimeoutError');
-        assert.equal(new tasks.QueueFullError('full').name, 'QueueFullError');
+        const backgroundTasks = require('express-background-tasks');
+        assert.equal(typeof backgroundTasks, 'function');
+        assert.equal(backgroundTasks.name, 'backgroundTasks');
+        assert.equal(backgroundTasks.default, backgroundTasks);
+        assert.equal(backgroundTasks.backgroundTasks, backgroundTasks);
+        assert.equal(typeof backgroundTasks().drain, 'function');
+        assert.equal(typeof backgroundTasks.defineTask('t', () => {}), 'function');
+        assert.equal(new backgroundTasks.TimeoutError('late').name, 'TimeoutError');
+        assert.equal(new backgroundTasks.QueueFullError('full').name, 'QueueFullError');
+        assert.equal(new backgroundTasks.HandOffError('down').name, 'HandOffError');
+        const { defineTask, TimeoutError } = require('express-background-tasks');
+        assert.equal(defineTask, backgroundTasks.defineTask);
+        assert.equal(TimeoutError, backgroundTasks.TimeoutError);
         assert.equal(require('express-background-tasks/package.json').name, 'express-background-tasks');
-        console.log(JSON.stringify({ names: Object.keys(tasks).sort(), loaded: require.resolve('express-background-tasks') }));
+        console.log(JSON.stringify({ names: Object.keys(backgroundTasks).sort(), loaded: require.resolve('express-background-tasks') }));
       `);
       const { names, loaded } = JSON.parse(printed) as { names: string[]; loaded: string };
       assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'ShutdownError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask', 'withSignal']);
-      assert.ok(loaded.endsWith(path.join('dist', 'cjs', 'index.js')), loaded);
+      assert.ok(loaded.endsWith(path.join('dist', 'cjs', 'index.cjs')), loaded);
     });
 
     it('import loads the ES module build: the same function as default and named export, TimeoutError, QueueFullError', async () => {
@@ -163,7 +188,7 @@ describe('packaging', () => {
     });
 
     for (const [format, file, importLines] of [
-      ['CommonJS', 'serve.cjs', `const express = require('express');\nconst { backgroundTasks } = require('express-background-tasks');`],
+      ['CommonJS', 'serve.cjs', `const express = require('express');\nconst backgroundTasks = require('express-background-tasks');`],
       ['ES module', 'serve.mjs', `import express from 'express';\nimport { backgroundTasks } from 'express-background-tasks';`],
     ] as const) {
       it(`the ${format} build runs a queued task after the response has been sent, over real HTTP`, async () => {
@@ -293,11 +318,11 @@ async function runNode(consumer: string, file: string, script: string): Promise<
 async function writeTypeProject(dir: string, project: (typeof typeProjects)[number]): Promise<string> {
   await mkdir(dir, { recursive: true });
   await writeFile(path.join(dir, 'package.json'), `{ "type": "${project.packageType}" }\n`);
-  await writeTsconfig(dir, 'tsconfig.json', project.compilerOptions, ['valid-usage.ts', 'invalid-usage.ts']);
-  for (const fixture of ['valid-usage.ts', 'invalid-usage.ts']) {
+  await writeTsconfig(dir, 'tsconfig.json', project.compilerOptions, [...project.fixtures]);
+  for (const fixture of project.fixtures) {
     const source = await readFile(path.join(repo, 'spec/types', fixture), 'utf8');
     const asUser = source
-      .replaceAll(`from '../../lib/index.js'`, `from '${manifest.name}'`)
+      .replaceAll(/(from |require\()'\.\.\/\.\.\/lib\/index\.c?js'/g, `$1'${manifest.name}'`)
       .replaceAll(`from '../../lib/bullmq.js'`, `from '${manifest.name}/bullmq'`);
     assert.notEqual(asUser, source, `${fixture} should import ../../lib/index.js`);
     await writeFile(path.join(dir, fixture), asUser);

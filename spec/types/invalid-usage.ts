@@ -68,6 +68,40 @@ app.post('/orders/:id', (_req, res) => {
   res.locals.tasks.add(sendReceipt, 'o-1');
   res.end();
 });
+// Defined tasks' parameters must be JSON types: each of these fails where the task is defined.
+interface Reminder {
+  at: Date;
+}
+interface Contact {
+  email: string;
+  phone: string | undefined;
+}
+// @ts-expect-error -- a Date is not JSON: pass date.toISOString()
+defineTask('remind', (when: Date) => console.log(when));
+// @ts-expect-error -- a Date nested in an interface, in an array
+defineTask('remind-all', (reminders: Reminder[]) => console.log(reminders));
+// @ts-expect-error -- a Map is not JSON
+defineTask('lookup', (table: Map<string, number>) => console.log(table));
+// @ts-expect-error -- a Set is not JSON
+defineTask('dedupe', (ids: Set<string>) => console.log(ids));
+// @ts-expect-error -- a class instance with methods
+defineTask('mail', (mailer: Mailer) => console.log(mailer));
+// @ts-expect-error -- a function
+defineTask('callback', (done: () => void) => done());
+// @ts-expect-error -- undefined, as the parameter's type
+defineTask('nothing', (value: undefined) => console.log(value));
+// @ts-expect-error -- undefined in a union: an optional parameter (`note?: string`) is the JSON way
+defineTask('maybe', (note: string | undefined) => console.log(note));
+// @ts-expect-error -- undefined in a required property's union
+defineTask('contact', (contact: Contact) => console.log(contact));
+// @ts-expect-error -- a bigint
+defineTask('big', (amount: bigint) => console.log(amount));
+// @ts-expect-error -- a symbol
+defineTask('symbolic', (key: symbol) => console.log(key));
+// @ts-expect-error -- a Date in a tuple
+defineTask('window', (range: [from: string, to: Date]) => console.log(range));
+// @ts-expect-error -- a promise
+defineTask('later', (value: Promise<string>) => console.log(value));
 // @ts-expect-error -- a task's name is a string
 defineTask(42, () => {});
 // @ts-expect-error -- `taskName` is read-only

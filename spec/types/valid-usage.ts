@@ -122,6 +122,36 @@ app.post('/orders/:id', (req, res) => {
   res.status(202).end();
 });
 
+/** Payload types as users write them: JSON by construction, with no index signature of their own. */
+interface OrderPlaced {
+  orderId: string;
+  lines: readonly { sku: string; quantity: number }[];
+  coupon?: string;
+  shippedAt: string | null;
+  status: 'paid' | 'refunded';
+}
+type Address = { street: string; city: string; country?: string };
+type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+enum Priority { Low, High }
+
+export const payloadTasks = [
+  defineTask('order-placed', async (event: OrderPlaced, attempt: number) => console.log(event.orderId, attempt)),
+  defineTask('ship', (to: Address, items: [sku: string, quantity: number][], note?: string) => console.log(to.city, items, note)),
+  defineTask('any-json', (value: JsonValue) => console.log(value)),
+  defineTask('tagged', (tags: Record<string, number>, ...ids: string[]) => console.log(tags, ids)),
+  defineTask('prioritised', (priority: Priority, flags: readonly boolean[]) => console.log(priority, flags)),
+  defineTask('checked-at-add', (raw: unknown) => console.log(raw)), // add() checks what types cannot
+  defineTask('no-arguments', () => {}),
+] as const;
+
+app.post('/orders/:id/placed', (req, res) => {
+  const [orderPlaced, ship] = payloadTasks;
+  res.locals.tasks
+    .add(orderPlaced, { orderId: String(req.params.id), lines: [{ sku: 'a', quantity: 1 }], shippedAt: null, status: 'paid' }, 1)
+    .add(ship, { street: '1 Main St', city: 'Springfield' }, [['a', 1]]);
+  res.status(202).end();
+});
+
 /** The web side of BullMQ, and a transport of one's own. */
 export function durableTasks(): BackgroundTasksMiddleware[] {
   const queue = new Queue('tasks', { connection: { host: '127.0.0.1', port: 6379, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
