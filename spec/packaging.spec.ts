@@ -187,6 +187,35 @@ describe('packaging', () => {
       assert.ok(esm.loaded.endsWith('/dist/esm/bullmq.js'), esm.loaded);
     });
 
+    it('the main entry never loads @opentelemetry/api; express-background-tasks/otel does, from CommonJS and ES modules alike', async () => {
+      const cjs = JSON.parse(await runNode(consumer, 'otel-entry.cjs', `
+        require('express-background-tasks');
+        const loadedByMain = Object.keys(require.cache).filter((file) => file.includes('/@opentelemetry/api/'));
+        const entry = require('express-background-tasks/otel');
+        const loadedByEntry = Object.keys(require.cache).filter((file) => file.includes('/@opentelemetry/api/'));
+        console.log(JSON.stringify({ loadedByMain, loadedByEntry: loadedByEntry.length, names: Object.keys(entry).sort(), loaded: require.resolve('express-background-tasks/otel') }));
+      `)) as { loadedByMain: string[]; loadedByEntry: number; names: string[]; loaded: string };
+      assert.deepEqual(cjs.loadedByMain, []);
+      assert.ok(cjs.loadedByEntry > 0, 'the otel entry did not load @opentelemetry/api');
+      assert.deepEqual(cjs.names, ['taskSpans']);
+      assert.ok(cjs.loaded.endsWith(path.join('dist', 'cjs', 'otel.js')), cjs.loaded);
+
+      const esm = JSON.parse(await runNode(consumer, 'otel-entry.mjs', `
+        import { createRequire } from 'node:module';
+        import 'express-background-tasks';
+        const loaded = () => Object.keys(createRequire(import.meta.url).cache).filter((file) => file.includes('/@opentelemetry/api/')).length;
+        const loadedByMain = loaded();
+        const entry = await import('express-background-tasks/otel');
+        const returned = entry.taskSpans()({ name: 'audit', waitMs: 0 }, () => 'ran');
+        console.log(JSON.stringify({ loadedByMain, loadedByEntry: loaded(), names: Object.keys(entry).sort(), returned, loaded: import.meta.resolve('express-background-tasks/otel') }));
+      `)) as { loadedByMain: number; loadedByEntry: number; names: string[]; returned: string; loaded: string };
+      assert.equal(esm.loadedByMain, 0);
+      assert.ok(esm.loadedByEntry > 0, 'the otel entry did not load @opentelemetry/api');
+      assert.deepEqual(esm.names, ['taskSpans']);
+      assert.equal(esm.returned, 'ran');
+      assert.ok(esm.loaded.endsWith('/dist/esm/otel.js'), esm.loaded);
+    });
+
     for (const [format, file, importLines] of [
       ['CommonJS', 'serve.cjs', `const express = require('express');\nconst backgroundTasks = require('express-background-tasks');`],
       ['ES module', 'serve.mjs', `import express from 'express';\nimport { backgroundTasks } from 'express-background-tasks';`],
@@ -290,11 +319,11 @@ async function installConsumer(workspace: string, tarball: string): Promise<stri
   const consumer = path.join(workspace, 'consumer');
   const installed = path.join(consumer, 'node_modules', manifest.name);
   await mkdir(installed, { recursive: true });
-  await mkdir(path.join(consumer, 'node_modules', '@types'), { recursive: true });
   await writeFile(path.join(consumer, 'package.json'), '{ "name": "consumer", "private": true }\n');
   await run('tar', ['-xzf', tarball, '-C', installed, '--strip-components=1'], repo);
   const linked = [...Object.keys(manifest.dependencies ?? {}), ...Object.keys(manifest.peerDependencies ?? {}), '@types/node'];
   for (const name of linked) {
+    await mkdir(path.dirname(path.join(consumer, 'node_modules', name)), { recursive: true }); // a scope: @types, @opentelemetry
     await symlink(path.join(repo, 'node_modules', name), path.join(consumer, 'node_modules', name), 'dir');
   }
   return consumer;
@@ -323,7 +352,8 @@ async function writeTypeProject(dir: string, project: (typeof typeProjects)[numb
     const source = await readFile(path.join(repo, 'spec/types', fixture), 'utf8');
     const asUser = source
       .replaceAll(/(from |require\()'\.\.\/\.\.\/lib\/index\.c?js'/g, `$1'${manifest.name}'`)
-      .replaceAll(`from '../../lib/bullmq.js'`, `from '${manifest.name}/bullmq'`);
+      .replaceAll(`from '../../lib/bullmq.js'`, `from '${manifest.name}/bullmq'`)
+      .replaceAll(`from '../../lib/otel.js'`, `from '${manifest.name}/otel'`);
     assert.notEqual(asUser, source, `${fixture} should import ../../lib/index.js`);
     await writeFile(path.join(dir, fixture), asUser);
   }

@@ -6,6 +6,7 @@ import express from 'express';
 import { Queue } from 'bullmq';
 import { backgroundTasks, defineTask, withSignal } from '../../lib/index.js';
 import { bullmqTransport, createWorker } from '../../lib/bullmq.js';
+import { taskSpans } from '../../lib/otel.js';
 
 class Mailer {
   from = 'noreply@example.com';
@@ -136,3 +137,7 @@ withSignal((orderId: string) => orderId);
 tasks.close(5000);
 // @ts-expect-error -- `around` is a function of (info, run)
 backgroundTasks({ around: 'span' });
+// @ts-expect-error -- newTrace is a boolean or a function of the task's info
+taskSpans({ newTrace: 'long' });
+// @ts-expect-error -- a tracer, not a tracer's name
+taskSpans({ tracer: 'shop' });

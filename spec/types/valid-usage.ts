@@ -23,6 +23,8 @@ import backgroundTasks, {
   type TaskTransport,
 } from '../../lib/index.js';
 import { bullmqTransport, createWorker, type BullmqTransportOptions, type TasksJobData } from '../../lib/bullmq.js';
+import { taskSpans, type TaskSpansOptions } from '../../lib/otel.js';
+import { trace } from '@opentelemetry/api';
 
 async function sendConfirmationEmail(id: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, id));
@@ -201,4 +203,15 @@ export async function operated(server: Server): Promise<boolean> {
   const options: CloseOptions = { server, timeout: 10_000 };
   const summary: CloseSummary = await operatedTasks.close(options);
   return summary.drained && summary.abandoned === 0 && summary.settled >= 0 && summary.pending === 0;
+}
+
+/** Task spans, the default ones and with options, alone and inside an `around` of one's own. */
+export function tracedTasks(): BackgroundTasksMiddleware[] {
+  const options: TaskSpansOptions = { tracer: trace.getTracer('shop', '1.0.0'), newTrace: (info: TaskInfo) => info.name === 'rebuildIndex' };
+  const spans = taskSpans(options);
+  return [
+    backgroundTasks({ around: taskSpans(), timeout: 60_000 }),
+    backgroundTasks({ around: taskSpans({ newTrace: true }) }),
+    backgroundTasks({ around: (info, run) => spans(info, () => run()) }),
+  ];
 }
