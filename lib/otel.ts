@@ -6,7 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import { context, type Span, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import { describeError, invalid, messageOf } from './errors.js';
-import type { TaskInfo } from './options.js';
+import { checkOptionNames, type TaskInfo } from './options.js';
 import { debug, taskTracing, type TaskTraceContext } from './task.js';
 
 /**
@@ -38,8 +38,8 @@ export interface TaskSpansOptions {
  * is recorded as an exception, with the span's status set to error.
  * @param options - see `TaskSpansOptions`
  * @return the `around` function; give it the `info` it receives as is when you wrap it in yours
- * @throws {TypeError} when `tracer` is not an OpenTelemetry tracer or `newTrace` is neither a
- *   boolean nor a function
+ * @throws {TypeError} when `tracer` is not an OpenTelemetry tracer, `newTrace` is neither a
+ *   boolean nor a function, or an option is unknown
  * @example
  * app.use(backgroundTasks({ around: taskSpans(), timeout: 60_000 }));
  * @public
@@ -49,6 +49,7 @@ export function taskSpans(options?: TaskSpansOptions): (info: TaskInfo, run: () 
   if (options === null || typeof options !== 'object') {
     throw new TypeError(invalid('options', 'an object', options));
   }
+  checkOptionNames('taskSpans()', options, OPTION_NAMES);
   const { tracer = trace.getTracer('express-background-tasks'), newTrace = false } = options;
   if (typeof (tracer as Partial<Tracer> | null)?.startSpan !== 'function') {
     throw new TypeError(invalid('tracer', 'an OpenTelemetry Tracer, such as trace.getTracer(name)', tracer));
@@ -89,6 +90,9 @@ export function taskSpans(options?: TaskSpansOptions): (info: TaskInfo, run: () 
     return context.with(trace.setSpan(active, span), run);
   };
 }
+
+/** The keys `taskSpans()` reads; `satisfies` keeps the list in step with the interface. */
+const OPTION_NAMES = Object.keys({ tracer: true, newTrace: true } satisfies Record<keyof TaskSpansOptions, true>);
 
 /** A task span not ended yet. */
 interface OpenSpan {

@@ -241,7 +241,7 @@ describe('task spans in a new trace (newTrace)', () => {
 });
 
 describe('taskSpans() options', () => {
-  it('refuses a tracer that is not one and a newTrace that is neither a boolean nor a function, naming the option', () => {
+  it('refuses a tracer that is not one, a newTrace that is neither a boolean nor a function, and a misspelled option, naming it', () => {
     assert.throws(() => taskSpans({ tracer: 'tracer' as never }), {
       name: 'TypeError',
       message: 'Expected `tracer` to be an OpenTelemetry Tracer, such as trace.getTracer(name), got `tracer` (string)',
@@ -251,6 +251,10 @@ describe('taskSpans() options', () => {
       message: 'Expected `newTrace` to be a boolean or a function (info) => boolean, got `long` (string)',
     });
     assert.throws(() => taskSpans(null as never), { name: 'TypeError', message: 'Expected `options` to be an object, got `null` (object)' });
+    assert.throws(() => taskSpans({ newTrce: true } as never), {
+      name: 'TypeError',
+      message: 'Expected `newTrce` to be an option of taskSpans() (did you mean `newTrace`?), got `true` (boolean)',
+    });
   });
 
   it('starts the spans with the tracer given', async () => {
