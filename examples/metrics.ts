@@ -52,5 +52,9 @@ export function recordTaskMetrics(registry: client.Registry = client.register): 
 }
 
 function returnedPromise({ result }: TaskTraceContext): boolean {
-  return typeof (result as { then?: unknown } | null | undefined)?.then === 'function';
+  try {
+    return typeof (result as { then?: unknown } | null | undefined)?.then === 'function';
+  } catch {
+    return false; // a revoked Proxy, a throwing `then` getter: a listener that throws crashes the process
+  }
 }
