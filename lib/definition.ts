@@ -110,14 +110,26 @@ export function checkTaskFunction(fn: unknown): void {
   // The prototype rather than `fn.constructor`, which a function can shadow: one read, and bound
   // generator functions have it too.
   const prototype: unknown = Object.getPrototypeOf(fn);
-  if (prototype === GENERATOR_FUNCTION || prototype === ASYNC_GENERATOR_FUNCTION) {
+  if (prototype === GENERATOR_FUNCTION || prototype === ASYNC_GENERATOR_FUNCTION || (prototype !== Function.prototype && prototype !== ASYNC_FUNCTION && isForeignGenerator(fn))) {
     throw new TypeError(invalid('fn', 'a function that is not a generator (calling a generator function only creates an iterator: its body would never run)', fn));
   }
+}
+
+/**
+ * @return whether `fn` is a generator function of another realm (`vm.runInNewContext()`), whose
+ *   prototype is not this realm's: checked only for functions that inherit from neither
+ *   `Function.prototype` nor this realm's async functions', so an ordinary function pays a comparison
+ * @private
+ */
+function isForeignGenerator(fn: object): boolean {
+  const tag = Object.prototype.toString.call(fn);
+  return tag === '[object GeneratorFunction]' || tag === '[object AsyncGeneratorFunction]';
 }
 
 /** What generator functions (also bound ones) inherit from. */
 const GENERATOR_FUNCTION: unknown = Object.getPrototypeOf(function* () {});
 const ASYNC_GENERATOR_FUNCTION: unknown = Object.getPrototypeOf(async function* () {});
+const ASYNC_FUNCTION: unknown = Object.getPrototypeOf(async function () {});
 
 /**
  * @return the name of a task made by `defineTask()`, or `undefined` for any other function
@@ -146,6 +158,9 @@ export function captureJsonArgs(name: string, args: readonly unknown[]): unknown
   const captured: unknown[] = [];
   // An explicit stack, not recursion: however deep the value, the check cannot overflow the call stack.
   const frames: Frame[] = [{ source: args, copy: captured, keys: undefined, length: args.length, next: 0, key: 0 }];
+  // The sources on the path from `args` down, for the circular-reference check in constant time:
+  // a scan of `frames` for every object would let a deep, wide value cost depth × objects.
+  const onPath = new Set<object>();
   while (frames.length > 0) {
     const frame = frames[frames.length - 1] as Frame;
     if (frame.next === frame.length) {
@@ -154,15 +169,18 @@ export function captureJsonArgs(name: string, args: readonly unknown[]): unknown
         throw refused(name, 'an array with named properties', frames, undefined);
       }
       frames.pop();
+      onPath.delete(frame.source);
       continue;
     }
     const key = frame.keys === undefined ? frame.next : frame.keys[frame.next] as string;
     frame.next++;
     const value = frames.length === 1 ? args[key as number] : ownValue(name, frames, key);
     if (typeof value === 'object' && value !== null) {
+      if (onPath.has(value)) throw refused(name, 'a circular reference', frames, key);
       const child = enter(name, frames, key, value);
       store(frame, key, child.copy);
       frames.push(child);
+      onPath.add(value);
     } else {
       const problem = primitiveProblem(value);
       if (problem !== undefined) throw refused(name, problem, frames, key);
@@ -219,11 +237,10 @@ function ownValue(name: string, frames: readonly Frame[], key: string | number):
  * Checks an array or object about to be copied.
  * @param key - where it sits in the innermost frame's source
  * @return its frame, holding an empty copy
- * @throws {TypeError} at a circular reference, a class instance, a symbol key or too deep a nesting
+ * @throws {TypeError} at a class instance, a symbol key or too deep a nesting
  * @private
  */
 function enter(name: string, frames: readonly Frame[], key: string | number, value: object): Frame {
-  for (const ancestor of frames) if (ancestor.source === value) throw refused(name, 'a circular reference', frames, key);
   const isArray = Array.isArray(value);
   const prototype: unknown = Object.getPrototypeOf(value);
   if (isArray ? prototype !== Array.prototype : prototype !== Object.prototype && prototype !== null) {

@@ -196,8 +196,9 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
 
   /** The response has been flushed, or its connection closed. Runs inside on-finished: must not throw. */
   #flushed(): void {
-    if (this.#scheduler.settings.dropOnFailure && !this.#res.writableEnded) {
-      // Decide on the status the handler sends, not the 200 a client that left early would leave behind.
+    if (this.#scheduler.settings.dropOnFailure && !statusIsFinal(this.#res)) {
+      // Decide on the status the handler sends, not the 200 a client that left early would leave
+      // behind. Once the headers are out, or end() called, the status can no longer change.
       this.#phase = 'awaiting-end';
       whenEnded(this.#res, () => this.#start());
       return;
@@ -207,8 +208,8 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
 
   /** Hands off the defined tasks and starts the first turn, unless `runOn: 'success'` refuses the response. */
   #start(): void {
-    if (this.#scheduler.settings.dropOnFailure && (!this.#res.writableEnded || this.#res.statusCode >= 400)) {
-      if (this.#res.writableEnded) debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
+    if (this.#scheduler.settings.dropOnFailure && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
+      if (statusIsFinal(this.#res)) debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
       else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.#size, END_WAIT_MS);
       this.#settle(this.#size);
       this.#head = this.#tail = undefined;
@@ -279,7 +280,8 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
    * waits) until the transport has settled, whatever it returns or throws.
    */
   #handOff(): void {
-    const tasks = this.#toHandOff as Task[]; // called only when a task is waiting
+    const tasks = this.#toHandOff;
+    if (tasks === undefined) return; // given up on by close() since this hand-off was scheduled
     this.#toHandOff = undefined;
     this.#size -= tasks.length;
     // Set: tasks are put aside for a transport only when there is one.
@@ -333,9 +335,22 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
  */
 function refuseAfterClose(fn: (...args: never[]) => unknown, req: Request, res: Response, settings: Settings): void {
   const task = new Task(fn, []);
-  const error = new ShutdownError(`Task ${taskName(fn)} was added after close() had resolved, so it does not run`);
-  report(error, taskInfo(task, req, res, false), settings);
+  const error = new ShutdownError(`Task ${taskName(fn)} was added after close() had given up or finished, so it does not run`);
+  if (reportingRefusal) {
+    // An onError that adds a task for each refusal would refuse and report forever.
+    process.stderr.write(`express-background-tasks: ${error.message} (added by onError while it was reporting a refused task)\n`);
+    return;
+  }
+  reportingRefusal = true;
+  try {
+    report(error, taskInfo(task, req, res, false), settings);
+  } finally {
+    reportingRefusal = false;
+  }
 }
+
+/** Set while `onError` reports a refused task, so that a task it adds then is not reported again. */
+let reportingRefusal = false;
 
 /**
  * Where the platform may freeze the instance once the response is sent (Vercel), registers a
@@ -345,9 +360,9 @@ function refuseAfterClose(fn: (...args: never[]) => unknown, req: Request, res: 
  * @private
  */
 function keepPlatformAwake(): (() => void) | undefined {
-  const requestContext = (globalThis as { [REQUEST_CONTEXT]?: { get?: () => { waitUntil?: unknown } | undefined } })[REQUEST_CONTEXT];
-  if (requestContext === undefined) return undefined;
   try {
+    const requestContext = (globalThis as { [REQUEST_CONTEXT]?: { get?: () => { waitUntil?: unknown } | undefined } })[REQUEST_CONTEXT];
+    if (requestContext === undefined) return undefined;
     const waitUntil = requestContext.get?.()?.waitUntil;
     if (typeof waitUntil !== 'function') return undefined;
     let settled!: () => void;
@@ -380,8 +395,17 @@ function whenFlushed(res: Response, callback: () => void): void {
 }
 
 /**
+ * @return whether the response's status can no longer change: its headers are out, or the handler
+ *   has ended it (on a destroyed connection, `end()` sends no headers)
+ * @private
+ */
+function statusIsFinal(res: Response): boolean {
+  return res.headersSent || res.writableEnded;
+}
+
+/**
  * Calls `callback` once the handler has called `res.end()` (directly or through `send`, `json`,
- * `redirect`…), or after `END_WAIT_MS` if it never does.
+ * `redirect`…), after that call has returned, or after `END_WAIT_MS` if it never does.
  * @private
  */
 function whenEnded(res: Response, callback: () => void): void {
@@ -399,7 +423,7 @@ function whenEnded(res: Response, callback: () => void): void {
     ended = true;
     clearTimeout(timer);
     if (res.end === endThenDecide) res.end = end;
-    callback();
+    setImmediate(callback); // not inside the handler's end(): the handler goes on first
   };
   const timer = setTimeout(notify, END_WAIT_MS).unref();
   res.end = endThenDecide;

@@ -42,7 +42,7 @@ export class Scheduler {
   readonly active = new Set<ActiveQueue>();
   /** Set by `close()`: responses served from then on close their connections. */
   closing = false;
-  /** Set once `close()` has resolved: tasks added later are reported, not run. */
+  /** Set once `close()` has drained or reached its deadline: tasks added later are reported, not run, and no queue starts. */
   closed = false;
   readonly settings: Settings;
   #running = 0;
@@ -117,7 +117,7 @@ export class Scheduler {
     if (this.#starting) return;
     this.#starting = true;
     try {
-      while (this.#running < this.settings.concurrency && this.#waitingHead !== undefined) {
+      while (this.#running < this.settings.concurrency && this.#waitingHead !== undefined && !this.closed) {
         const queue = this.#waitingHead;
         this.#waitingHead = queue.nextWaiting;
         if (this.#waitingHead === undefined) this.#waitingTail = undefined;

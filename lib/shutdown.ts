@@ -69,16 +69,27 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
   debug('closing: %d task(s) pending, deadline in %d ms', scheduler.pending, timeoutMs);
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<false>((resolve) => {
-    if (timeoutMs !== Infinity) timer = setTimeout(resolve, timeoutMs, false);
+    if (timeoutMs === Infinity) return;
+    timer = setTimeout(() => {
+      // From this instant no queue starts and no task is accepted: what is left is given up on.
+      scheduler.closed = true;
+      resolve(false);
+    }, timeoutMs);
   });
-  const settled = (server === undefined ? Promise.resolve() : closeServer(server)).then(() => scheduler.drain()).then(() => true);
-  return Promise.race([settled, deadline]).then((drained) => {
+  const drained = (async (): Promise<true> => {
+    if (server !== undefined) await closeServer(server);
+    // A task added as the last ones settle (an async onError's retry) would start after close()
+    // resolved: closed is set only at an instant when nothing is pending.
+    while (scheduler.pending > 0) await scheduler.drain();
+    scheduler.closed = true;
+    return true;
+  })();
+  return Promise.race([drained, deadline]).then((inTime) => {
     clearTimeout(timer);
     let abandoned = 0;
-    if (!drained) for (const queue of [...scheduler.active]) abandoned += queue.abandon(timeoutMs);
-    scheduler.closed = true;
+    if (!inTime) for (const queue of [...scheduler.active]) abandoned += queue.abandon(timeoutMs);
     const summary: CloseSummary = {
-      drained,
+      drained: inTime,
       settled: scheduler.settledCount - settledBefore - abandoned,
       abandoned,
       pending: scheduler.pending,

@@ -158,9 +158,9 @@ export function taskInfo(task: Task, req: Request, res: Response, ended: boolean
   return {
     name: taskName(task.fn),
     req,
-    method: req.method,
-    url: req.originalUrl,
-    status: res.statusCode,
+    method: String(read(req, 'method')),
+    url: String(read(req, 'originalUrl')),
+    status: Number(read(res, 'statusCode')),
     requestId: requestIdOf(req),
     waitMs: startedAt - task.queuedAt,
     durationMs: ended && task.startedAt !== 0 ? now - task.startedAt : undefined,
@@ -195,8 +195,33 @@ function callTask(task: Task, run: TaskRun, context: TaskTraceContext): unknown 
     task.controller = new AbortController();
     return takesSignal(task.controller.signal, ...task.args);
   };
-  const wrapped = around === undefined ? call : () => around(context, call);
+  const wrapped = around === undefined ? call : () => callAround(around, context, call);
   return run.traced ? taskTracing.traceSync(wrapped, context) : wrapped();
+}
+
+/**
+ * Calls `around` with a `run` that runs the task once: a second call throws, and an `around` that
+ * returns (or settles) without having called it fails the task, which would otherwise vanish.
+ * @private
+ */
+function callAround(around: (info: TaskInfo, run: () => unknown) => unknown, info: TaskInfo, call: () => unknown): unknown {
+  let called = false;
+  const runOnce = (): unknown => {
+    if (called) throw new TypeError(`around called run() a second time for task ${info.name}: each task runs once`);
+    called = true;
+    return call();
+  };
+  const notRun = (): TypeError => new TypeError(`around returned without calling run() for task ${info.name}, so it did not run`);
+  const result = around(info, runOnce);
+  if (isThenable(result)) {
+    return (async () => {
+      const value = await result;
+      if (!called) throw notRun();
+      return value;
+    })();
+  }
+  if (!called) throw notRun();
+  return result;
 }
 
 /**
@@ -251,8 +276,21 @@ function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, cont
  * @private
  */
 function requestIdOf(req: Request): string | undefined {
-  const id: unknown = (req as { id?: unknown }).id;
+  const id = read(req, 'id');
   return typeof id === 'string' || typeof id === 'number' ? String(id) : undefined;
+}
+
+/**
+ * @return `object[key]`, or `undefined` when reading it throws: an app's getter on `req` must not
+ *   stop the report of a task's failure
+ * @private
+ */
+function read(object: object, key: string): unknown {
+  try {
+    return (object as Record<string, unknown>)[key];
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -273,12 +311,13 @@ function reportOnErrorFailure(how: 'threw' | 'rejected', onErrorFailure: unknown
 function ignore(): void {}
 
 /**
- * @return whether `value` has a callable `then`, as `await` would treat it
+ * @return whether `await` would wait for `value`: it has a callable `then`, or is a native promise
  * @private
  */
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return (typeof value === 'object' || typeof value === 'function') && value !== null &&
-    typeof (value as { then?: unknown }).then === 'function';
+    // A native promise whose own `then` is shadowed is still one: `await` settles it by its state.
+    (typeof (value as { then?: unknown }).then === 'function' || value instanceof Promise);
 }
 
 /**

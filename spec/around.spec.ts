@@ -67,6 +67,51 @@ for (const [label, createApp] of expressVersions) {
       assert.deepEqual(order, ['first', 'second', 'microtask']);
     });
 
+    it('runs each task once: an around that calls run twice gets a TypeError, one that never calls it has the task reported', async () => {
+      const reported: [string, string][] = [];
+      const ran: string[] = [];
+      const tasks = backgroundTasks({
+        around: (info, run) => {
+          if (info.name === 'runTwice') {
+            run();
+            return run();
+          }
+          if (info.name === 'neverRun') return undefined;
+          if (info.name === 'neverRunAsync') return Promise.resolve();
+          return run();
+        },
+        onError: (error, { name }) => reported.push([name, `${(error as Error).name}: ${(error as Error).message}`]),
+      });
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks
+          .add(function runTwice() {
+            ran.push('runTwice');
+          })
+          .add(function neverRun() {
+            ran.push('neverRun');
+          })
+          .add(function neverRunAsync() {
+            ran.push('neverRunAsync');
+          })
+          .add(function next() {
+            ran.push('next');
+          });
+        res.send('ok');
+      });
+      await withServer(app, async ({ url }) => {
+        await (await fetch(url)).text();
+        await tasks.drain();
+      });
+      assert.deepEqual(ran, ['runTwice', 'next']);
+      assert.deepEqual(reported, [
+        ['runTwice', 'TypeError: around called run() a second time for task runTwice: each task runs once'],
+        ['neverRun', 'TypeError: around returned without calling run() for task neverRun, so it did not run'],
+        ['neverRunAsync', 'TypeError: around returned without calling run() for task neverRunAsync, so it did not run'],
+      ]);
+    });
+
     it('reports what around throws or rejects with as the failure of its task, and runs the next one', async () => {
       const reported: [string, string][] = [];
       const ran: string[] = [];

@@ -217,6 +217,48 @@ for (const [label, createApp] of expressVersions) {
       assert.equal(tasks.pending, 0);
     });
 
+    for (const setup of ['plain', 'around', 'timeout'] as const) {
+      it(`reports a failing task although reading the request's id throws, and keeps the slot of concurrency: 1 turning (${setup})`, { timeout: 10_000 }, async () => {
+        const reported: [name: string, requestId: string | undefined][] = [];
+        const tasks = backgroundTasks({
+          concurrency: 1,
+          onError: (_error, info) => reported.push([info.name, info.requestId]),
+          ...(setup === 'around' ? { around: (_info: unknown, run: () => unknown) => run() } : {}),
+          ...(setup === 'timeout' ? { timeout: 20 } : {}),
+        });
+        const ran: string[] = [];
+        const app = createApp();
+        app.use((req, _res, next) => {
+          Object.defineProperty(req, 'id', {
+            get(): never {
+              throw new Error('id getter exploded');
+            },
+          });
+          next();
+        });
+        app.use(tasks);
+        app.get('/:n', (req, res) => {
+          res.locals.tasks
+            .add(setup === 'timeout' ? function hangs() {
+              return new Promise(() => {});
+            } : function fails() {
+              throw new Error('task failure');
+            })
+            .add(() => ran.push(String(req.params['n'])));
+          res.send('ok');
+        });
+        await withServer(app, async (server) => {
+          await (await fetch(`${server.url}/1`)).text();
+          await tasks.drain();
+          await (await fetch(`${server.url}/2`)).text();
+          await tasks.drain();
+        });
+        const name = setup === 'timeout' ? 'hangs' : 'fails';
+        assert.deepEqual(reported, [[name, undefined], [name, undefined]]);
+        assert.deepEqual(ran, ['1', '2']);
+      });
+    }
+
     it('still runs the tasks of a response that ended in an error (next(err))', async () => {
       const reportedByExpress: unknown[] = [];
       const tasks = backgroundTasks();

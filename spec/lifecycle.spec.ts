@@ -254,6 +254,7 @@ for (const [label, createApp] of expressVersions) {
           req.socket.once('close', () => {
             setTimeout(() => {
               res.status(status).json({ status });
+              ran.push('handler after end()');
               responded.resolve();
             }, 30);
           });
@@ -265,10 +266,34 @@ for (const [label, createApp] of expressVersions) {
           await responded.promise;
           await tasks.drain();
         });
-        assert.deepEqual(ran, status < 400 ? ['send receipt'] : []);
+        assert.deepEqual(ran, status < 400 ? ['handler after end()', 'send receipt'] : ['handler after end()'], 'no task runs inside the handler\'s end()');
         assert.equal(tasks.pending, 0);
       });
     }
+
+    it("with runOn: 'success', runs the tasks of a 200 whose headers the client had, although it left before the body ended", async () => {
+      const tasks = backgroundTasks({ runOn: 'success' });
+      const ran: string[] = [];
+      const streaming = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/export', (req, res) => {
+        res.locals.tasks.add(() => ran.push('record the download'));
+        // As pipe() does: the headers and a first chunk go out, and a destroyed response is never ended.
+        res.writeHead(200, { 'Content-Type': 'text/csv' });
+        res.write('id,total\n'.repeat(1000));
+        req.socket.once('close', () => streaming.resolve());
+      });
+      await withServer(app, async (server) => {
+        const socket = await rawRequest(server.port, '/export');
+        const [chunk] = (await once(socket, 'data')) as [Buffer];
+        assert.match(chunk.toString('latin1'), /^HTTP\/1\.1 200 OK/);
+        socket.resetAndDestroy();
+        await streaming.promise;
+        await tasks.drain();
+      });
+      assert.deepEqual(ran, ['record the download']);
+    });
 
     it("by default (runOn: 'always') runs the tasks of a 500 response", async () => {
       const tasks = backgroundTasks();

@@ -57,6 +57,31 @@ for (const [label, createApp] of expressVersions) {
       });
     });
 
+    it('queues and runs the tasks as usual when reading the request context itself throws', async () => {
+      Object.defineProperty(globalThis, REQUEST_CONTEXT, {
+        configurable: true,
+        get(): never {
+          throw new Error('context unavailable');
+        },
+      });
+      const ran: string[] = [];
+      const tasks = backgroundTasks({ maxPending: 2 });
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(() => ran.push('task'));
+        res.send('ok');
+      });
+      await withServer(app, async ({ url }) => {
+        for (let request = 0; request < 3; request++) {
+          assert.equal((await fetch(url)).status, 200);
+          await tasks.drain();
+        }
+      });
+      assert.deepEqual(ran, ['task', 'task', 'task']);
+      assert.equal(tasks.pending, 0);
+    });
+
     it('serves and runs the tasks as usual when the request context is broken or has no waitUntil', async () => {
       for (const get of [() => { throw new Error('no context'); }, () => undefined, () => ({ waitUntil: 'later' })]) {
         (globalThis as WithRequestContext)[REQUEST_CONTEXT] = { get };

@@ -6,8 +6,8 @@ import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { backgroundTasks, type CloseSummary, ShutdownError, type TaskInfo, withSignal } from '../lib/index.js';
-import { deferred, expressVersions, get, listen, withServer } from './support/http.js';
+import { backgroundTasks, type CloseSummary, defineTask, ShutdownError, type TaskInfo, type TaskQueue, withSignal } from '../lib/index.js';
+import { deferred, expressVersions, get, listen, watchProcessFaults, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: close()`, () => {
@@ -84,6 +84,121 @@ for (const [label, createApp] of expressVersions) {
         ['ShutdownError', 'exportOrder', 'POST', '/orders/7'],
       ]);
       assert.match((reported[1]?.[0] as Error).message, /^Task exportOrder was abandoned at shutdown: still running 50 ms after close\(\)$/);
+      assert.equal(tasks.pending, 0);
+    });
+
+    it('at the deadline starts none of the tasks still queued, though abandoning the running one frees their slot', async () => {
+      const reported: [string, string][] = [];
+      const tasks = backgroundTasks({ concurrency: 1, onError: (error, { name }) => reported.push([name, (error as Error).message]) });
+      const ran: string[] = [];
+      const holding = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/a', (_req, res) => {
+        res.locals.tasks.add(function hangs() {
+          holding.resolve();
+          return new Promise(() => {});
+        });
+        res.send('ok');
+      });
+      app.get('/b', (_req, res) => {
+        res.locals.tasks
+          .add(function writeAuditRow() {
+            ran.push('writeAuditRow');
+          })
+          .add(async function chargeCard() {
+            ran.push('chargeCard');
+          });
+        res.send('ok');
+      });
+      await withServer(app, async ({ url }) => {
+        await (await fetch(`${url}/a`)).text();
+        await holding.promise;
+        await (await fetch(`${url}/b`)).text();
+        const summary = await tasks.close({ timeout: 50 });
+        assert.deepEqual(summary, { drained: false, settled: 0, abandoned: 3, pending: 0 } satisfies CloseSummary);
+      });
+      assert.deepEqual(ran, []);
+      assert.deepEqual(reported.map(([name, message]) => [name, message.replace(/ \d+ ms after/, ' N ms after')]).sort(), [
+        ['chargeCard', 'Task chargeCard was abandoned at shutdown: still queued N ms after close()'],
+        ['hangs', 'Task hangs was abandoned at shutdown: still running N ms after close()'],
+        ['writeAuditRow', 'Task writeAuditRow was abandoned at shutdown: still queued N ms after close()'],
+      ]);
+    });
+
+    it('reports, and does not run, the tasks added while it gives up on the others, or after a drain it then sees undone', async () => {
+      const reported: string[] = [];
+      let retried = 0;
+      const tasks = backgroundTasks({
+        onError: async (error, { name }) => {
+          reported.push(`${(error as Error).name} ${name}`);
+          if (name === 'charge' && retried++ === 0) {
+            await null;
+            queue?.add(function retryCharge() {});
+          }
+        },
+      });
+      let queue: TaskQueue | undefined;
+      const started = deferred();
+      const cleanup = withSignal((signal: AbortSignal) => new Promise<void>((resolve) => {
+        started.resolve();
+        signal.addEventListener('abort', () => {
+          queue?.add(function cleanUpAfterAbort() {});
+          resolve();
+        });
+      }));
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        queue = res.locals.tasks;
+        queue.add(Object.defineProperty(cleanup, 'name', { value: 'export' })).add(function charge() {});
+        res.send('ok');
+      });
+      await withServer(app, async ({ url }) => {
+        await (await fetch(url)).text();
+        await started.promise;
+        const summary = await tasks.close({ timeout: 50 });
+        await new Promise((resolve) => setImmediate(resolve));
+        assert.equal(summary.pending, 0);
+        assert.equal(tasks.pending, 0);
+      });
+      assert.deepEqual(reported.sort(), ['ShutdownError charge', 'ShutdownError cleanUpAfterAbort', 'ShutdownError export', 'ShutdownError retryCharge']);
+    });
+
+    it('with a transport, reports the defined tasks added after the flush that the deadline catches before their hand-off', async () => {
+      const watch = watchProcessFaults();
+      const reported: string[] = [];
+      const notify = defineTask('notify', (_orderId: string) => {});
+      const sent: string[] = [];
+      const transport = {
+        send: async (handedOff: readonly { name: string }[]) => void sent.push(...handedOff.map(({ name }) => `sent ${name}`)),
+      };
+      const tasks = backgroundTasks({ transport, onError: (error, { name }) => reported.push(`${(error as Error).name} ${name}`) });
+      const holding = deferred();
+      let queue: TaskQueue | undefined;
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        queue = res.locals.tasks;
+        queue.add(function hangs() {
+          holding.resolve();
+          return new Promise(() => {});
+        });
+        res.send('ok');
+      });
+      await withServer(app, async ({ url }) => {
+        await (await fetch(url)).text();
+        await holding.promise;
+        // Due at the deadline's instant, and first: the hand-off it schedules comes after the deadline.
+        setTimeout(() => queue?.add(notify, 'order-1'), 30);
+        const closed = tasks.close({ timeout: 30 });
+        await closed;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      });
+      watch.stop();
+      assert.deepEqual(watch.faults, []);
+      assert.deepEqual(reported.filter((line) => line.endsWith('hangs')), ['ShutdownError hangs']);
+      assert.deepEqual([...sent, ...reported.filter((line) => line.endsWith('notify'))], ['ShutdownError notify'], 'the late defined task reported, not handed off after the deadline');
       assert.equal(tasks.pending, 0);
     });
 

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { runInNewContext } from 'node:vm';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { backgroundTasks, defineTask, type BackgroundTasksOptions, withSignal } from '../lib/index.js';
 import { bullmqTransport, createWorker, type BullmqTransportOptions, type CreateWorkerOptions } from '../lib/bullmq.js';
@@ -67,6 +68,15 @@ describe('bad input is refused at once', () => {
       });
     });
   }
+
+  it('add() and defineTask() refuse a generator function of another realm (vm) too', () => {
+    const generator = runInNewContext('(function* poll() {})') as () => void;
+    const asyncGenerator = runInNewContext('(async function* poll() {})') as () => void;
+    for (const fn of [generator, asyncGenerator]) {
+      assert.throws(() => defineTask('poll', fn), /not a generator/);
+      assert.throws(() => checkAdd(fn), /not a generator/);
+    }
+  });
 
   it('withSignal() refuses a non-function', () => {
     assert.throws(() => withSignal('fetch' as never), { name: 'TypeError', message: 'Expected `fn` to be a function taking an AbortSignal first, got `fetch` (string)' });
@@ -203,3 +213,11 @@ describe('bad input is refused at once', () => {
     });
   }
 });
+
+/** Calls `add(fn)` on a queue of a response that is never sent, as a handler would. */
+function checkAdd(fn: () => void): void {
+  const middleware = backgroundTasks();
+  const res = { locals: {} } as unknown as Response;
+  middleware({ socket: {} } as unknown as Request, res, () => {});
+  res.locals.tasks.add(fn);
+}

@@ -48,6 +48,8 @@ export function hostileOutcomes(): HostileOutcome[] {
     { name: 'thenableThrowingAfterResolve', fails: false, task: () => ({ then(resolve: (v: unknown) => void) { resolve(1); throw new Error('after'); } }) },
     { name: 'thenableRejectingSynchronously', fails: true, task: () => ({ then(_resolve: unknown, reject: (e: unknown) => void) { reject(new Error('sync reject')); } }) },
     { name: 'rejectsWithRevokedProxy', fails: true, task: () => Promise.reject(revokedProxy()) },
+    // `await` settles it by its own state too: it rejects, later.
+    { name: 'rejectingPromiseWithoutThen', fails: true, task: () => Object.assign(new Promise((_resolve, reject) => setTimeout(reject, 5, new Error('late'))), { then: undefined }) },
     { name: 'rejectsWithUnreadableMessage', fails: true, task: () => Promise.reject(errorWithUnreadableMessage()) },
     {
       name: 'throwsUnreadableMessage', fails: true, task: () => {
