@@ -67,83 +67,39 @@ for (const [label, createApp] of expressVersions) {
       assert.deepEqual(order, ['first', 'second', 'microtask']);
     });
 
-    it('runs each task once: an around that calls run twice gets a TypeError, one that never calls it has the task reported', async () => {
+    it('fails a task whose around throws, rejects, calls run twice or never calls it, and runs the next one', async () => {
+      const misbehaviours: Record<string, [around: (run: () => unknown) => unknown, reported: string]> = {
+        throwsInAround: [() => {
+          throw new Error('tracer broke');
+        }, 'Error: tracer broke'],
+        rejectsInAround: [() => Promise.reject(new Error('async tracer broke')), 'Error: async tracer broke'],
+        runTwice: [(run) => {
+          run();
+          return run();
+        }, 'TypeError: around called run() a second time for task runTwice: each task runs once'],
+        neverRun: [() => undefined, 'TypeError: around returned without calling run() for task neverRun, so it did not run'],
+        neverRunAsync: [() => Promise.resolve(), 'TypeError: around returned without calling run() for task neverRunAsync, so it did not run'],
+      };
       const reported: [string, string][] = [];
       const ran: string[] = [];
       const tasks = backgroundTasks({
-        around: (info, run) => {
-          if (info.name === 'runTwice') {
-            run();
-            return run();
-          }
-          if (info.name === 'neverRun') return undefined;
-          if (info.name === 'neverRunAsync') return Promise.resolve();
-          return run();
-        },
+        around: (info, run) => (misbehaviours[info.name]?.[0] ?? ((go: () => unknown) => go()))(run),
         onError: (error, { name }) => reported.push([name, `${(error as Error).name}: ${(error as Error).message}`]),
       });
       const app = createApp();
       app.use(tasks);
       app.get('/', (_req, res) => {
-        res.locals.tasks
-          .add(function runTwice() {
-            ran.push('runTwice');
-          })
-          .add(function neverRun() {
-            ran.push('neverRun');
-          })
-          .add(function neverRunAsync() {
-            ran.push('neverRunAsync');
-          })
-          .add(function next() {
-            ran.push('next');
-          });
+        for (const name of [...Object.keys(misbehaviours), 'next']) {
+          res.locals.tasks.add(Object.defineProperty(() => void ran.push(name), 'name', { value: name }));
+        }
         res.send('ok');
       });
       await withServer(app, async ({ url }) => {
         await (await fetch(url)).text();
         await tasks.drain();
       });
-      assert.deepEqual(ran, ['runTwice', 'next']);
-      assert.deepEqual(reported, [
-        ['runTwice', 'TypeError: around called run() a second time for task runTwice: each task runs once'],
-        ['neverRun', 'TypeError: around returned without calling run() for task neverRun, so it did not run'],
-        ['neverRunAsync', 'TypeError: around returned without calling run() for task neverRunAsync, so it did not run'],
-      ]);
-    });
-
-    it('reports what around throws or rejects with as the failure of its task, and runs the next one', async () => {
-      const reported: [string, string][] = [];
-      const ran: string[] = [];
-      const tasks = backgroundTasks({
-        around: (info, run) => {
-          if (info.name === 'throwsInAround') throw new Error('tracer broke');
-          if (info.name === 'rejectsInAround') return Promise.reject(new Error('async tracer broke'));
-          return run();
-        },
-        onError: (error, { name }) => reported.push([name, (error as Error).message]),
-      });
-      const app = createApp();
-      app.use(tasks);
-      app.get('/', (_req, res) => {
-        res.locals.tasks
-          .add(function throwsInAround() {
-            ran.push('never');
-          })
-          .add(function rejectsInAround() {
-            ran.push('never');
-          })
-          .add(function next() {
-            ran.push('next');
-          });
-        res.send('ok');
-      });
-      await withServer(app, async ({ url }) => {
-        await (await fetch(url)).text();
-        await tasks.drain();
-      });
-      assert.deepEqual(reported, [['throwsInAround', 'tracer broke'], ['rejectsInAround', 'async tracer broke']]);
-      assert.deepEqual(ran, ['next']);
+      assert.deepEqual(ran, ['runTwice', 'next'], 'run twice ran once; the others did not run');
+      assert.deepEqual(reported, Object.entries(misbehaviours).map(([name, [, message]]) => [name, message]));
     });
   });
 }
