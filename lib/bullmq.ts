@@ -4,6 +4,7 @@
  */
 
 import { randomUUID } from 'node:crypto';
+import type { Socket } from 'node:net';
 import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
@@ -268,38 +269,86 @@ function findMalformed(tasks: readonly unknown[]): string | undefined {
 /**
  * The two-phase form of `bullmqTransport()`: a delayed job per response, promoted or removed.
  * The jobs of the responses whose end is held in the same turn of the event loop are added in one
- * `addBulk()`, one pipeline. BullMQ has no bulk promotion or removal: those go one command per job,
- * which ioredis sends without waiting for the replies before.
+ * `addBulk()`, one pipeline. BullMQ has no bulk promotion or removal, so those of one turn are
+ * sent together while the queue's connection is corked: one write to Redis, at the next turn.
  * @param queue - where the jobs go
  * @param jobOptions - the user's job options, with the lease as `delay`
  * @param timeoutMs - how long a promotion or removal may take
  * @private
  */
 function stagingOf(queue: Pick<Queue, 'addBulk'>, jobOptions: JobsOptions, timeoutMs: number): TaskStaging {
-  let batch: { readonly tasks: readonly HandedOffTask[]; readonly stored: (job: Job) => void; readonly failed: (error: unknown) => void }[] = [];
-  const addBatch = (): void => {
-    const added = batch;
-    batch = [];
-    const jobs = added.map(({ tasks }) => ({ name: jobName(tasks), data: { tasks } satisfies TasksJobData, opts: { ...jobOptions, jobId: randomUUID() } }));
+  const connection = connectionOf(queue);
+  const stageTurn = perTurn<Later<readonly HandedOffTask[]>>((staged) => {
+    const jobs = staged.map(({ value: tasks }) => ({ name: jobName(tasks), data: { tasks } satisfies TasksJobData, opts: { ...jobOptions, jobId: randomUUID() } }));
     queue.addBulk(jobs).then(
-      (stored) => added.forEach((entry, index) => entry.stored(stored[index] as Job)),
-      (error: unknown) => added.forEach((entry) => entry.failed(error)),
+      (stored) => staged.forEach((entry, index) => entry.resolve(stored[index])),
+      (error: unknown) => staged.forEach((entry) => entry.reject(error)),
     );
-  };
+  });
+  const finishTurn = perTurn<Later<Job> & { readonly promote: boolean }>((finished) => {
+    const stream = connection.redis?.stream;
+    if (stream?.writable === true) {
+      stream.cork();
+      setImmediate(() => stream.uncork());
+    }
+    for (const { value: job, promote, resolve, reject } of finished) {
+      const done = promote ? withTimeout(job.promote(), timeoutMs, 'promote the job') : withTimeout(job.remove(), timeoutMs, 'remove the job');
+      done.then(resolve, reject);
+    }
+  });
   return {
     timeout: timeoutMs,
     stage(tasks: readonly HandedOffTask[]): Promise<unknown> {
-      return refuseLongJob(tasks) ?? new Promise((stored, failed) => {
-        if (batch.push({ tasks, stored, failed }) === 1) setImmediate(addBatch);
-      });
+      return refuseLongJob(tasks) ?? new Promise((resolve, reject) => stageTurn({ value: tasks, resolve, reject }));
     },
     release(job: unknown): Promise<unknown> {
-      return withTimeout((job as Job).promote(), timeoutMs, 'promote the job');
+      return new Promise((resolve, reject) => finishTurn({ value: job as Job, promote: true, resolve, reject }));
     },
     discard(job: unknown): Promise<unknown> {
-      return withTimeout((job as Job).remove(), timeoutMs, 'remove the job');
+      return new Promise((resolve, reject) => finishTurn({ value: job as Job, promote: false, resolve, reject }));
     },
   };
+}
+
+/**
+ * A call waiting for its turn: its argument and its promise's functions.
+ * @private
+ */
+interface Later<T> {
+  readonly value: T;
+  readonly resolve: (result: unknown) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/**
+ * @return a function that collects items and hands those of one turn of the event loop to `run`
+ *   together, at the end of the turn
+ * @private
+ */
+function perTurn<T>(run: (items: T[]) => void): (item: T) => void {
+  let items: T[] = [];
+  const runTurn = (): void => {
+    const turn = items;
+    items = [];
+    run(turn);
+  };
+  return (item) => {
+    if (items.push(item) === 1) setImmediate(runTurn);
+  };
+}
+
+/**
+ * The ioredis client of a BullMQ queue, once connected: `getBackend().client` in BullMQ 6,
+ * `client` in BullMQ 5. Only its socket is used, to cork it; without one (a Redis Cluster, a
+ * stand-in queue), nothing is corked.
+ * @private
+ */
+function connectionOf(queue: object): { redis: { readonly stream?: Pick<Socket, 'cork' | 'uncork' | 'writable'> } | undefined } {
+  const connection: ReturnType<typeof connectionOf> = { redis: undefined };
+  const { getBackend, client } = queue as { getBackend?: () => { client?: unknown }; client?: unknown };
+  const connecting: unknown = typeof getBackend === 'function' ? getBackend.call(queue).client : client;
+  if (connecting instanceof Promise) connecting.then((redis: typeof connection.redis) => (connection.redis = redis), () => {});
+  return connection;
 }
 
 /**
