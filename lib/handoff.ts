@@ -63,18 +63,21 @@ export class HandOff {
    * bytes the end is about to write.
    */
   ending(): void {
-    if (this.#settings.staging === undefined || this.#queued.length === 0 || this.#res.destroyed) return;
-    holdEnd(this.#req.socket, this.#res);
+    if (this.#settings.staging === undefined || this.#queued.length === 0 || this.#sending) return;
+    const connection = this.#req.socket as Socket | null; // null only for a request made up in a test
+    if (connection === null || this.#res.destroyed) return;
+    holdEnd(connection, this.#res);
     this.#holding = true;
   }
 
   /**
    * The handler's end has gone through: stage the tasks queued so far. A response `runOn:
-   * 'success'` will refuse stores nothing, and its end goes at once.
+   * 'success'` will refuse stores nothing, and its end goes at once. After an early close the
+   * response counts as flushed already: its tasks are sent instead.
    */
   ended(): void {
     const staging = this.#settings.staging;
-    if (staging === undefined || this.#queued.length === 0) return;
+    if (staging === undefined || this.#queued.length === 0 || this.#sending) return;
     if (this.#settings.dropOnFailure && this.#res.statusCode >= 400) {
       this.#letEndThrough(true);
       return;
@@ -83,7 +86,8 @@ export class HandOff {
     this.#queued = [];
     this.#staged = tasks;
     this.#staging = 'staging';
-    const timer = setTimeout(() => this.#stagingFailed(new Error(`the transport did not stage it within ${staging.timeout} ms`)), staging.timeout);
+    const { stagingTimeout } = this.#settings;
+    const timer = setTimeout(() => this.#stagingFailed(new Error(`the transport did not stage it within ${stagingTimeout} ms`)), stagingTimeout);
     let stored: unknown;
     try {
       stored = staging.stage(handedOff(tasks));

@@ -151,8 +151,9 @@ export interface Settings {
   readonly maxPending: number;
   readonly dropOnFailure: boolean;
   readonly transport: TaskTransport | undefined;
-  /** The transport's two-phase form, read once. */
+  /** The transport's two-phase form, and its `timeout`, read once. */
   readonly staging: TaskStaging | undefined;
+  readonly stagingTimeout: number;
   readonly runLocallyOnHandOffFailure: boolean;
   readonly abortUnstaged: boolean;
 }
@@ -201,7 +202,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     maxPending: checkCount('maxPending', maxPending),
     dropOnFailure: runOn === 'success',
     transport,
-    staging: checkStaging(transport?.staging),
+    ...checkStaging(transport?.staging),
     runLocallyOnHandOffFailure: fallback === 'in-process',
     abortUnstaged: stagingFailure === 'abort',
   };
@@ -234,19 +235,18 @@ export function checkTimeout(value: unknown, infinityAllowed: boolean, name = 't
 
 /**
  * @param staging - a transport's `staging`
- * @return it, once checked to be a whole two-phase form
+ * @return it, once checked to be a whole two-phase form, and its timeout
  * @throws {TypeError} when it is not an object with `stage()`, `release()` and `discard()` methods
  * @throws {RangeError} when its `timeout` is not a number of milliseconds
  * @private
  */
-function checkStaging(staging: TaskStaging | undefined): TaskStaging | undefined {
-  if (staging === undefined) return undefined;
+function checkStaging(staging: TaskStaging | undefined): Pick<Settings, 'staging' | 'stagingTimeout'> {
+  if (staging === undefined) return { staging, stagingTimeout: 0 };
   const { stage, release, discard } = (staging ?? {}) as Partial<TaskStaging>;
   if (typeof stage !== 'function' || typeof release !== 'function' || typeof discard !== 'function') {
     throw new TypeError(invalid('transport.staging', 'an object with stage(), release() and discard() methods and a timeout', staging));
   }
-  checkTimeout(staging.timeout, false, 'transport.staging.timeout');
-  return staging;
+  return { staging, stagingTimeout: checkTimeout(staging.timeout, false, 'transport.staging.timeout') };
 }
 
 /**

@@ -13,10 +13,11 @@ import {
   type BackgroundTasksOptions,
   type HandedOffTask,
   type TaskInfo,
+  type TaskStaging,
   type TaskTransport,
 } from '../lib/index.js';
 import { errorWithUnreadableMessage, revokedProxy } from './support/hostile.js';
-import { deferred, delay, expressVersions, rawRequest, watchProcessFaults, withServer } from './support/http.js';
+import { abortedRequest, deferred, delay, expressVersions, rawRequest, watchProcessFaults, withServer } from './support/http.js';
 
 /** A transport that keeps what it is sent; the sends settle when the spec calls `settle()`. */
 function recordingTransport(): TaskTransport & { sent: HandedOffTask[][]; sentTimes(count: number): Promise<void>; settle(): void } {
@@ -718,6 +719,61 @@ describe('a transport with `staging`', () => {
     assert.deepEqual(watch.faults, []);
     assert.deepEqual(outbox.calls, ['insert index staged', 'runNow 1']);
     assert.equal(tasks.pending, 0);
+  });
+
+  it('a client that left before the end: its tasks are sent once it has gone, and those added later are sent too, not staged', async () => {
+    const outbox = memoryOutbox();
+    const handlerEntered = deferred();
+    const proceed = deferred();
+    const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
+    const app = express();
+    app.use(tasks);
+    app.get('/', async (_req, res) => {
+      res.locals.tasks.add(index, 'before');
+      handlerEntered.resolve();
+      await proceed.promise;
+      res.locals.tasks.add(index, 'after the client left');
+      res.end('nobody reads this');
+    });
+    await withServer(app, async ({ port }) => {
+      await abortedRequest(port, '/', handlerEntered.promise);
+      await outbox.inserted(1);
+      proceed.resolve();
+      await outbox.inserted(2);
+      await tasks.drain();
+    });
+    assert.deepEqual(outbox.calls, ['insert index', 'insert index']);
+    assert.deepEqual([...outbox.rows.values()].map((row) => row.tasks[0]?.args[0]), ['before', 'after the client left']);
+  });
+
+  it('reads `staging.timeout` once, when the middleware is created', async () => {
+    let reads = 0;
+    const outbox = memoryOutbox();
+    const { staging, send } = outboxTransport(outbox) as TaskTransport & { staging: TaskStaging };
+    const tasks = backgroundTasks({
+      transport: {
+        send,
+        staging: {
+          ...staging,
+          get timeout(): number {
+            if (reads++ > 0) throw new Error('read again');
+            return 1000;
+          },
+        },
+      },
+    });
+    const app = express();
+    app.use(tasks);
+    app.post('/', (_req, res) => {
+      res.locals.tasks.add(index, 'x');
+      res.end('ok');
+    });
+    await withServer(app, async ({ url }) => {
+      assert.equal(await (await fetch(url, { method: 'POST' })).text(), 'ok');
+      await tasks.drain();
+    });
+    assert.equal(reads, 1);
+    assert.deepEqual(outbox.calls, ['insert index staged', 'runNow 1']);
   });
 
   it('a two-phase transport that fails with hostile values: each task is a HandOffError, the response goes, and nothing stays pending', { timeout: 20_000 }, async () => {
