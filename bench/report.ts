@@ -123,10 +123,11 @@ function httpSection({ settings, measurements: { http } }: PageInput): string[] 
  * @return the section on handing defined tasks to BullMQ: throughput, and latency at a fixed rate
  */
 function handOffSection({ settings, measurements: { http } }: PageInput): string[] {
+  const added = (value: number, bare: number): string => `${value.toFixed(2)} ms (${value >= bare ? '+' : '−'}${Math.abs(value - bare).toFixed(2)})`;
   const latency = (id: 'bare' | 'afterFlush' | 'staged'): string[] => {
     const [p50, p99] = [median(http[id].pacedP50), median(http[id].pacedP99)];
     if (id === 'bare') return [`${p50.toFixed(2)} ms`, `${p99.toFixed(2)} ms`];
-    return [`${p50.toFixed(2)} ms (+${(p50 - median(http.bare.pacedP50)).toFixed(2)})`, `${p99.toFixed(2)} ms (+${(p99 - median(http.bare.pacedP99)).toFixed(2)})`];
+    return [added(p50, median(http.bare.pacedP50)), added(p99, median(http.bare.pacedP99))];
   };
   const rows = (['definedInProcess', 'staged', 'afterFlush'] as const).map((id) => {
     const toInProcess = ratio(http[id].throughput, http.definedInProcess.throughput);

@@ -136,7 +136,7 @@ export class HandOff {
   #stored(receipt: unknown): void {
     if (this.#staging !== 'staging') {
       // Stored after the timeout: they were reported and dealt with as not handed off.
-      debug('discarding %d task(s) staged after the timeout', this.#staged.length);
+      debug('discarding tasks the transport staged after its timeout');
       this.#call('discard', receipt, []);
       return;
     }
