@@ -1,7 +1,8 @@
 // npx tsx bench/hand-off-window.ts: how many handed-off tasks a web process loses when it is
-// SIGKILLed the instant its client has the last response, without waiting for the hand-offs.
-// The loss is the window docs/scaling-out.md describes: between the flush and Redis's
-// acknowledgement. Needs redis-server installed, or REDIS_URL.
+// SIGKILLed the instant its client has the last response, without waiting for the hand-offs; staged
+// (the default) and with `stage: false`. After the flush, the loss is the window docs/scaling-out.md
+// describes: between the flush and Redis's acknowledgement. Staged, a job is stored (delayed) before
+// its response's end goes out. Needs redis-server installed, or REDIS_URL.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { Queue } from 'bullmq';
@@ -12,24 +13,26 @@ const requestsPerTrial = 20; // concurrent; each response hands off one job of 2
 
 const redis = await startRedis();
 if (typeof redis === 'string') throw new Error(redis);
-let jobsStored = 0;
-for (let trial = 0; trial < trials; trial++) {
-  const queueName = `hand-off-window-${trial}-${Date.now()}`;
-  const env = { ...process.env, REDIS_HOST: redis.host, REDIS_PORT: String(redis.port), QUEUE: queueName };
-  const web = spawn(process.execPath, ['--import', 'tsx', 'spec/fixtures/bullmq-web.ts'], { env, stdio: ['ignore', 'pipe', 'ignore'] });
-  const [, port] = (await waitForOutput(web, /listening (\d+)/)) as [string, string];
-  await Promise.all(Array.from({ length: requestsPerTrial }, (_, i) =>
-    fetch(`http://127.0.0.1:${port}/items/${i}`, { method: 'POST' }).then((response) => response.text())));
-  web.kill('SIGKILL');
-  await once(web, 'exit');
+for (const mode of ['staged', 'after the flush'] as const) {
+  let jobsStored = 0;
+  for (let trial = 0; trial < trials; trial++) {
+    const queueName = `hand-off-window-${trial}-${Date.now()}`;
+    const env = { ...process.env, REDIS_HOST: redis.host, REDIS_PORT: String(redis.port), QUEUE: queueName, STAGE: mode === 'staged' ? '1' : '0' };
+    const web = spawn(process.execPath, ['--import', 'tsx', 'spec/fixtures/bullmq-web.ts'], { env, stdio: ['ignore', 'pipe', 'ignore'] });
+    const [, port] = (await waitForOutput(web, /listening (\d+)/)) as [string, string];
+    await Promise.all(Array.from({ length: requestsPerTrial }, (_, i) =>
+      fetch(`http://127.0.0.1:${port}/items/${i}`, { method: 'POST' }).then((response) => response.text())));
+    web.kill('SIGKILL');
+    await once(web, 'exit');
 
-  const queue = new Queue(queueName, { connection: { host: redis.host, port: redis.port } });
-  jobsStored += (await queue.getJobCounts('waiting')).waiting ?? 0;
-  await queue.obliterate({ force: true });
-  await queue.close();
+    const queue = new Queue(queueName, { connection: { host: redis.host, port: redis.port } });
+    const counts = await queue.getJobCounts('waiting', 'delayed'); // staged and not yet promoted: delayed
+    jobsStored += (counts['waiting'] ?? 0) + (counts['delayed'] ?? 0);
+    await queue.obliterate({ force: true });
+    await queue.close();
+  }
+  const tasks = trials * requestsPerTrial * 2;
+  console.log(`${mode}: ${trials} trials × ${requestsPerTrial} responses × 2 tasks = ${tasks} tasks: ` +
+    `${jobsStored * 2} stored, ${tasks - jobsStored * 2} lost`);
 }
 await redis.stop();
-
-const tasks = trials * requestsPerTrial * 2;
-console.log(`${trials} trials × ${requestsPerTrial} responses × 2 tasks = ${tasks} tasks: ` +
-  `${jobsStored * 2} handed off, ${tasks - jobsStored * 2} lost in the window`);

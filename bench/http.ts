@@ -6,7 +6,7 @@ import { request, startChild, stopChild } from './child.js';
 import { summarizeProfile, type CallFrame, type CpuProfile, type ProfileSummary } from './profile.js';
 import type { ServerReady } from './servers.js';
 import { percentile } from './stats.js';
-import { variants, type VariantId } from './variants.js';
+import { pacedVariants, variants, type VariantId } from './variants.js';
 
 /** How hard and how long the load generator pushes. */
 export interface LoadSettings {
@@ -18,7 +18,7 @@ export interface LoadSettings {
   readonly warmupSeconds: number;
   /** Seconds of load a server is profiled for, when a target it is part of was missed. */
   readonly profileSeconds: number;
-  /** Rounds of the fixed-rate latency comparison (bare Express, then the 50 ms task, alternating). */
+  /** Rounds of the fixed-rate latency comparison (`pacedVariants`, in turn). */
   readonly pacedRounds: number;
   /** The fixed rate of that comparison, as a share of bare Express's median throughput. */
   readonly pacedShare: number;
@@ -35,7 +35,9 @@ export interface VariantRuns {
   readonly throughput: number[];
   /** 99th percentile response time at full load, ms. */
   readonly p99: number[];
-  /** 99th percentile response time at the fixed rate, ms (only `bare` and `sleep`). */
+  /** Median response time at the fixed rate, ms (only `pacedVariants`). */
+  readonly pacedP50: number[];
+  /** 99th percentile response time at the fixed rate, ms (only `pacedVariants`). */
   readonly pacedP99: number[];
 }
 
@@ -43,22 +45,23 @@ export interface VariantRuns {
  * Starts each server variant in its own child process (all at once) and loads them in turn from
  * this process, round after round. Every child is stopped before this returns or throws.
  * @param libraryUrl - the compiled library, from `buildLibrary()`
+ * @param redisPort - the Redis on 127.0.0.1 of the BullMQ variants
  * @param settings - connections, durations, rounds
  * @param progress - called with a line of text after each measurement
  * @return each variant's numbers, round by round
  * @throws {Error} when a server fails to start or a run sees errors or non-2xx responses
  */
-export async function benchHttp(libraryUrl: string, settings: LoadSettings, progress: (line: string) => void): Promise<Record<VariantId, VariantRuns>> {
+export async function benchHttp(libraryUrl: string, redisPort: number, settings: LoadSettings, progress: (line: string) => void): Promise<Record<VariantId, VariantRuns>> {
   const servers: { readonly id: VariantId; readonly child: ChildProcess; readonly port: number }[] = [];
   try {
-    const started = await Promise.allSettled(variants.map(async ({ id }) => ({ id, ...(await startChild<ServerReady>('servers.ts', [id, libraryUrl])) })));
+    const started = await Promise.allSettled(variants.map(async ({ id }) => ({ id, ...(await startChild<ServerReady>('servers.ts', [id, libraryUrl, String(redisPort)])) })));
     for (const outcome of started) {
       if (outcome.status === 'fulfilled') servers.push({ id: outcome.value.id, child: outcome.value.child, port: outcome.value.message.port });
     }
     const failed = started.find((outcome) => outcome.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
     for (const { port } of servers) await load(port, settings.connections, settings.warmupSeconds);
-    const runs = Object.fromEntries(variants.map(({ id }) => [id, { throughput: [], p99: [], pacedP99: [] }])) as unknown as Record<VariantId, VariantRuns>;
+    const runs = Object.fromEntries(variants.map(({ id }) => [id, { throughput: [], p99: [], pacedP50: [], pacedP99: [] }])) as unknown as Record<VariantId, VariantRuns>;
     for (let round = 0; round < settings.rounds; round++) {
       const first = round % servers.length;
       const order = [...servers.slice(first), ...servers.slice(0, first)];
@@ -71,14 +74,15 @@ export async function benchHttp(libraryUrl: string, settings: LoadSettings, prog
       }
     }
     // Under full load, latency only mirrors throughput (closed loop). At a fixed rate the server
-    // keeps up, so a response that waited for its task would show in the p99.
+    // keeps up, so a response that waited for its task, or for a staging, shows in p50 and p99.
     const rate = Math.round(settings.pacedShare * percentile(runs.bare.throughput, 50));
-    const paced = servers.filter(({ id }) => id === 'bare' || id === 'sleep');
+    const paced = servers.filter(({ id }) => pacedVariants.includes(id));
     for (let round = 0; round < settings.pacedRounds; round++) {
       for (const { id, port } of round % 2 === 0 ? paced : [...paced].reverse()) {
-        const p99 = await pacedP99(port, settings.connections, settings.seconds * 2, rate);
+        const { p50, p99 } = await pacedLatency(port, settings.connections, settings.seconds * 2, rate);
+        runs[id].pacedP50.push(p50);
         runs[id].pacedP99.push(p99);
-        progress(`paced ${round + 1}/${settings.pacedRounds} ${id.padEnd(13)} ${rate} req/s offered  p99 ${p99.toFixed(2)} ms`);
+        progress(`paced ${round + 1}/${settings.pacedRounds} ${id.padEnd(16)} ${rate} req/s offered  p50 ${p50.toFixed(2)} ms  p99 ${p99.toFixed(2)} ms`);
       }
     }
     return runs;
@@ -93,12 +97,13 @@ export async function benchHttp(libraryUrl: string, settings: LoadSettings, prog
  * on-finished listener, and what they call, except what they call back into Express (`next()`
  * leads on to the route and `res.send('ok')`, which every variant runs alike).
  * @param libraryUrl - the compiled library, from `buildLibrary()`
+ * @param redisPort - the Redis on 127.0.0.1 of the BullMQ variants
  * @param id - the variant
  * @param settings - connections and durations
  * @return the server's CPU time, the task code's share of it and its heaviest functions
  */
-export async function profileServer(libraryUrl: string, id: VariantId, settings: LoadSettings): Promise<ProfileSummary> {
-  const { child, message } = await startChild<ServerReady>('servers.ts', [id, libraryUrl]);
+export async function profileServer(libraryUrl: string, redisPort: number, id: VariantId, settings: LoadSettings): Promise<ProfileSummary> {
+  const { child, message } = await startChild<ServerReady>('servers.ts', [id, libraryUrl, String(redisPort)]);
   try {
     await load(message.port, settings.connections, settings.warmupSeconds);
     await request(child, 'start-profile');
@@ -130,10 +135,10 @@ function classifyVariantFrame(frame: CallFrame): boolean | undefined {
  * Sends `GET /` at an even `rate` (an open loop: each request leaves on schedule, whether or not
  * earlier ones were answered) over up to `connections` keep-alive connections. autocannon's own
  * rate limit sends each second's budget in one burst, which would measure full load again.
- * @return the p99 response time in ms, from each request's scheduled start
+ * @return the median and p99 response times in ms, from each request's scheduled start
  * @throws {Error} on a failed request or a non-2xx response
  */
-async function pacedP99(port: number, connections: number, seconds: number, rate: number): Promise<number> {
+async function pacedLatency(port: number, connections: number, seconds: number, rate: number): Promise<{ p50: number; p99: number }> {
   const agent = new Agent({ keepAlive: true, maxSockets: connections });
   const responseTimes: number[] = [];
   const total = Math.round(rate * seconds);
@@ -154,7 +159,7 @@ async function pacedP99(port: number, connections: number, seconds: number, rate
   } finally {
     agent.destroy();
   }
-  return percentile(responseTimes, 99);
+  return { p50: percentile(responseTimes, 50), p99: percentile(responseTimes, 99) };
 }
 
 /** One `GET /` over `agent`; rejects on an error or a non-2xx status. */

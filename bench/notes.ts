@@ -15,7 +15,7 @@ const notes: readonly (readonly [pattern: RegExp, note: string])[] = [
   [/^runTask \(dist\/task\.js/, 'calls one task: tracing and debug checks, `try`/`catch`, thenable check'],
   [/^awaitTask \(dist\/task\.js/, 'waits for a task\'s promise (and its timeout, if any)'],
   [/^(finish|\(anonymous\)) \(dist\/task\.js/, 'a task\'s promise settled: report, count, next task'],
-  [/^(add \(dist\/queue\.js|queueNoops )/, 'queuing a task with `tasks.add()`'],
+  [/^(add \(dist\/queue\.js|queueNoops |queueDefinedNoop )/, 'queuing a task with `tasks.add()`'],
   [/^(Task|<instance_members_initializer>) \(dist\/task\.js/, 'creating the task object'],
   [/^(taskName \(dist\/task\.js|get name )/, 'reading the function\'s `name` for traces and error messages'],
   [/^#?settledAsync /, 'after an async task: counts, slot hand-over, next task'],
@@ -28,7 +28,12 @@ const notes: readonly (readonly [pattern: RegExp, note: string])[] = [
   [/^(noop|syncNoop|asyncNoop) \(bench\//, 'the task itself'],
   [/^(handRolledTasks|runAfterResponse|pushNoops) \(bench\//, 'the hand-rolled code'],
   [/^queueSleep \(bench\//, 'the variant\'s middleware queuing its task'],
-  [/^(setTimeout|Timeout|insert|listOnTimeout|processTimers) /, 'timers (the 50 ms sleep)'],
+  [/^(setTimeout|Timeout|insert|listOnTimeout|processTimers) /, 'timers (the 50 ms sleep; the staging timeout)'],
+  [/^(writev|writeBuffer|writeUtf8String|writeLatin1String)( |$)/, 'a socket write: one system call (to the client, or to Redis)'],
+  [/ \(dist\/handoff\.js/, 'the hand-off: staging, holding the bytes of the end, release'],
+  [/ \(dist\/bullmq\.js/, 'the BullMQ transport'],
+  [/ \(bullmq\//, 'BullMQ: building, adding and promoting jobs'],
+  [/ \((ioredis|msgpackr)\//, 'ioredis: encoding and sending Redis commands, reading replies'],
 ];
 
 /**

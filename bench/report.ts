@@ -6,7 +6,7 @@ import type { LoadSettings } from './http.js';
 import { formatInterval, formatValue, table } from './markdown.js';
 import { median, ratio, summarize } from './stats.js';
 import type { Measurements, Target } from './targets.js';
-import { variants } from './variants.js';
+import { labelOf, variants } from './variants.js';
 
 /** Everything the page shows. */
 export interface PageInput {
@@ -55,7 +55,7 @@ export function renderPage(input: PageInput): { markdown: string; svg: string } 
     '',
     '## Targets',
     '',
-    table(['Target (issue 4)', 'Goal', 'Median', 'Confidence interval', 'Result'], targets.map((target) => [
+    table(['Target (issues 4, 11)', 'Goal', 'Median', 'Confidence interval', 'Result'], targets.map((target) => [
       target.label,
       `${target.goal.bound === 'at least' ? '≥' : '≤'} ${formatValue(target.goal.value, target.unit)}`,
       formatValue(target.measured.median, target.unit),
@@ -66,6 +66,7 @@ export function renderPage(input: PageInput): { markdown: string; svg: string } 
     missed.length === 0 ? 'Every target was met in this run.' : `Missed in this run: ${missed.map((target) => target.label).join('; ')}. See [Missed targets](#missed-targets).`,
     '',
     ...httpSection(input),
+    ...handOffSection(input),
     ...queueSection(input),
     ...memorySection(input),
     ...(missed.length === 0 ? [] : explainMisses(missed, input.measurements, input.evidence, input.settings)),
@@ -114,6 +115,43 @@ function httpSection({ settings, measurements: { http } }: PageInput): string[] 
     `to bare Express and to the 50 ms-task server in turn, ${settings.pacedRounds} rounds. Median p99: ${median(http.bare.pacedP99).toFixed(2)} ms bare,`,
     `${median(http.sleep.pacedP99).toFixed(2)} ms with the 50 ms task.`,
     '(Under full load a closed loop turns any CPU cost into latency, so the full-load p99 mirrors throughput.)',
+    '',
+  ];
+}
+
+/**
+ * @return the section on handing defined tasks to BullMQ: throughput, and latency at a fixed rate
+ */
+function handOffSection({ settings, measurements: { http } }: PageInput): string[] {
+  const added = (value: number, bare: number): string => `${value.toFixed(2)} ms (${value >= bare ? '+' : '−'}${Math.abs(value - bare).toFixed(2)})`;
+  const latency = (id: 'bare' | 'afterFlush' | 'staged'): string[] => {
+    const [p50, p99] = [median(http[id].pacedP50), median(http[id].pacedP99)];
+    if (id === 'bare') return [`${p50.toFixed(2)} ms`, `${p99.toFixed(2)} ms`];
+    return [added(p50, median(http.bare.pacedP50)), added(p99, median(http.bare.pacedP99))];
+  };
+  const rows = (['definedInProcess', 'staged', 'afterFlush'] as const).map((id) => {
+    const toInProcess = ratio(http[id].throughput, http.definedInProcess.throughput);
+    return [
+      labelOf(id),
+      Math.round(median(http[id].throughput)).toLocaleString('en-US'),
+      formatValue(ratio(http[id].throughput, http.bare.throughput).median, '×'),
+      id === 'definedInProcess' ? '1.00×' : `${formatValue(toInProcess.median, '×')} (${formatInterval(toInProcess, '×')})`,
+      ...(id === 'definedInProcess' ? ['', ''] : latency(id)),
+    ];
+  });
+  return [
+    '## Hand-off to BullMQ',
+    '',
+    'The same route queues one defined no-op task, run in-process or handed to BullMQ: staged (stored as a delayed job',
+    'before the response\'s end goes out, promoted after the flush) or after the flush (`stage: false`). Redis is a',
+    '`redis-server` started for the run on 127.0.0.1, without persistence; no worker takes the jobs. Redis, the servers',
+    'and autocannon share the machine\'s cores. Throughput as above; latency at the fixed rate of the previous section,',
+    'in brackets what it adds to bare Express\'s.',
+    '',
+    table(['Variant', 'req/s (median)', '÷ bare Express', '÷ defined task in-process', `p50 at ${Math.round(settings.pacedShare * 100)} % load`, `p99 at ${Math.round(settings.pacedShare * 100)} % load`], [
+      [labelOf('bare'), Math.round(median(http.bare.throughput)).toLocaleString('en-US'), '1.00×', '', ...latency('bare')],
+      ...rows,
+    ]),
     '',
   ];
 }
@@ -175,7 +213,7 @@ function memorySection({ measurements: { memory } }: PageInput): string[] {
 function chartSections({ targets, measurements: { http, queue } }: PageInput): ChartSection[] {
   return [
     {
-      title: 'Targets (issue 4)',
+      title: 'Targets (issues 4, 11)',
       bars: targets.filter((target) => target.unit === '×').map(({ label, measured, goal }) => ({ label, ratio: measured, goal })),
     },
     {

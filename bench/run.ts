@@ -1,10 +1,12 @@
 /**
  * `npm run bench`: builds the library, runs the HTTP, queue and memory benchmarks (each in child
  * processes on 127.0.0.1), profiles what missed its target, and writes `docs/benchmarks.md` with
- * its chart `docs/benchmarks.svg`.
+ * its chart `docs/benchmarks.svg`. The BullMQ variants need `redis-server` installed, or `REDIS_URL`.
  */
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
+import { Queue } from 'bullmq';
+import { startRedis } from '../spec/support/redis.js';
 import { runChild } from './child.js';
 import type { Evidence } from './explain.js';
 import { benchHttp, profileServer, type LoadSettings } from './http.js';
@@ -15,15 +17,18 @@ import type { QueueResult } from './queue.js';
 import { renderPage } from './report.js';
 import { evaluateTargets, type Target } from './targets.js';
 import { variants, type VariantId } from './variants.js';
+import type { Redis } from '../spec/support/redis.js';
 
 /** Sized so that the whole run stays under three minutes on a 2-core machine. */
 const settings: LoadSettings = { connections: 50, seconds: 1, warmupSeconds: 1, rounds: 12, profileSeconds: 1.5, pacedRounds: 4, pacedShare: 0.25 };
 
 const startedAt = performance.now();
+const redis = await startRedis();
+if (typeof redis === 'string') throw new Error(`The BullMQ variants need Redis: ${redis}`);
 log('building lib/ (tsconfig.build.json) into .tmp/bench/dist');
 const libraryUrl = buildLibrary();
-log(`HTTP: ${settings.rounds} rounds × ${variants.length} variants × ${settings.seconds} s, ${settings.connections} connections`);
-const http = await benchHttp(libraryUrl, settings, log);
+log(`HTTP: ${settings.rounds} rounds × ${variants.length} variants × ${settings.seconds} s, ${settings.connections} connections; Redis on port ${redis.port}`);
+const http = await benchHttp(libraryUrl, redis.port, settings, log);
 log('queue: 1,000,000 tasks through one response queue and through a plain loop');
 const queue = await runChild<QueueResult>('queue.ts', [libraryUrl, 'measure'], ['--expose-gc']);
 log('memory: heap per queued task');
@@ -31,6 +36,10 @@ const memory = await runChild<MemoryResult>('memory.ts', [libraryUrl], ['--expos
 const measurements = { http, queue, memory };
 const targets = evaluateTargets(measurements);
 const evidence = await profileMisses(targets);
+const jobs = new Queue('bench-hand-off', { connection: { host: redis.host, port: redis.port } });
+await jobs.obliterate({ force: true });
+await jobs.close();
+await redis.stop();
 const seconds = (performance.now() - startedAt) / 1000;
 
 const { markdown, svg } = renderPage({ date: new Date(), seconds, settings, measurements, targets, evidence });
@@ -53,7 +62,7 @@ async function profileMisses(judged: readonly Target[]): Promise<Evidence> {
   const servers: Evidence['servers'] = {};
   for (const id of variantsToProfile) {
     log(`profiling server ${id}`);
-    servers[id] = await profileServer(libraryUrl, id, settings);
+    servers[id] = await profileServer(libraryUrl, (redis as Redis).port, id, settings);
   }
   if (!missed.some((target) => target.id === 'sync')) return { servers };
   log('profiling the queue with sync tasks');

@@ -1,11 +1,13 @@
 /**
  * Child process: one HTTP server variant on 127.0.0.1, port 0.
- * Usage (by bench/http.ts): `servers.ts <variant> <library url>`; reports `{ port }` over IPC.
- * Then answers `'start-profile'` with `'profiling'` and `'stop-profile'` with the CPU profile.
+ * Usage (by bench/http.ts): `servers.ts <variant> <library url> <redis port>`; reports `{ port }`
+ * over IPC. Then answers `'start-profile'` with `'profiling'` and `'stop-profile'` with the CPU profile.
+ * The BullMQ variants add their jobs to the queue `bench-hand-off`, which no worker takes from.
  */
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Queue } from 'bullmq';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import onFinished from 'on-finished';
 import { report } from './child.js';
@@ -18,10 +20,10 @@ export interface ServerReady {
   readonly port: number;
 }
 
-const [variant, libraryUrl] = process.argv.slice(2);
+const [variant, libraryUrl, redisPort] = process.argv.slice(2);
 if (!variants.some(({ id }) => id === variant)) throw new Error(`unknown variant ${String(variant)}`);
 const app = express();
-for (const middleware of middlewareFor(variant as VariantId, await importLibrary(libraryUrl))) app.use(middleware);
+for (const middleware of await middlewareFor(variant as VariantId, await importLibrary(libraryUrl), libraryUrl as string)) app.use(middleware);
 app.get('/', sendOk);
 const server = app.listen(0, '127.0.0.1');
 await once(server, 'listening');
@@ -40,9 +42,10 @@ process.on('message', async (command) => {
 /**
  * @param id - the variant
  * @param library - the compiled library
+ * @param libraryUrl - where it is, for its BullMQ entry
  * @return the middleware that make up the variant, mounted before the `res.send('ok')` route
  */
-function middlewareFor(id: VariantId, library: Library): RequestHandler[] {
+async function middlewareFor(id: VariantId, library: Library, libraryUrl: string): Promise<RequestHandler[]> {
   switch (id) {
     case 'bare':
       return [];
@@ -60,6 +63,16 @@ function middlewareFor(id: VariantId, library: Library): RequestHandler[] {
       return [handRolledTasks, queueHandRolled(10)];
     case 'sleep':
       return [library.backgroundTasks(), queueSleep];
+    case 'definedInProcess':
+      return [library.backgroundTasks(), queueDefined(library.defineTask('noop', noop))];
+    case 'staged':
+    case 'afterFlush': {
+      const { bullmqTransport } = (await import(libraryUrl.replace(/index\.js$/, 'bullmq.js'))) as typeof import('../lib/bullmq.js');
+      const queue = new Queue('bench-hand-off', { connection: { host: '127.0.0.1', port: Number(redisPort), maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
+      await queue.waitUntilReady();
+      const transport = bullmqTransport({ queue, stage: id === 'staged' });
+      return [library.backgroundTasks({ transport }), queueDefined(library.defineTask('noop', noop))]; // a failed hand-off goes to stderr
+    }
   }
 }
 
@@ -83,6 +96,17 @@ function noop(): void {}
 function queueWithLibrary(count: number): RequestHandler {
   return function queueNoops(_req, res, next) {
     for (let queued = 0; queued < count; queued++) res.locals.tasks.add(noop);
+    next();
+  };
+}
+
+/**
+ * @param definedNoop - the no-op, made a defined task
+ * @return a middleware that queues it, to run here or be handed off
+ */
+function queueDefined(definedNoop: () => void): RequestHandler {
+  return function queueDefinedNoop(_req, res, next) {
+    res.locals.tasks.add(definedNoop);
     next();
   };
 }

@@ -17,9 +17,9 @@ export interface Goal {
   readonly value: number;
 }
 
-/** One target of issue 4 and how the run did against it. */
+/** One target of issues 4 and 11 and how the run did against it. */
 export interface Target {
-  readonly id: 'idle' | 'one' | 'ten' | 'sync' | 'p99' | 'memory';
+  readonly id: 'idle' | 'one' | 'ten' | 'sync' | 'p99' | 'memory' | 'staged';
   /** What is compared, for tables and the chart. */
   readonly label: string;
   readonly measured: Summary;
@@ -35,8 +35,8 @@ export interface Target {
 }
 
 /**
- * Judges the measurements against the targets of issue 4. Ratios are taken round by round (or
- * repetition by repetition) and summed up by their median.
+ * Judges the measurements against the targets of issues 4 and 11. Ratios are taken round by round
+ * (or repetition by repetition) and summed up by their median.
  * @param measurements - the results of the HTTP, queue and memory benchmarks
  * @return the targets, in the issue's order
  */
@@ -66,6 +66,10 @@ export function evaluateTargets({ http, queue, memory }: Measurements): Target[]
     judge({
       id: 'memory', label: 'heap per queued task, no arguments', unit: 'bytes',
       measured: summarize(memory.noArguments), goal: { bound: 'at most', value: 200 },
+    }),
+    judge({
+      id: 'staged', label: 'staged hand-off ÷ the same defined task in-process (req/s)', unit: '×', servers: ['staged', 'definedInProcess'],
+      measured: throughput('staged', 'definedInProcess'), goal: { bound: 'at least', value: 0.8 },
     }),
   ];
 }

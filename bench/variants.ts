@@ -12,8 +12,14 @@ export const variants = [
   { id: 'ten', label: 'backgroundTasks(), 10 no-op tasks' },
   { id: 'handRolledTen', label: 'hand-rolled on-finished, 10 no-op tasks' },
   { id: 'passThrough', label: 'an empty middleware (for reference)' },
+  { id: 'definedInProcess', label: 'backgroundTasks(), 1 defined no-op task, in-process' },
+  { id: 'staged', label: 'bullmqTransport(), 1 defined no-op task staged' },
+  { id: 'afterFlush', label: 'bullmqTransport({ stage: false }), 1 defined no-op task' },
   { id: 'sleep', label: 'backgroundTasks(), 1 task sleeping 50 ms' },
 ] as const;
+
+/** The variants measured at a fixed rate too, for the latency they add to responses. */
+export const pacedVariants: readonly VariantId[] = ['bare', 'sleep', 'afterFlush', 'staged'];
 
 /** The name of one server variant. */
 export type VariantId = (typeof variants)[number]['id'];

@@ -97,8 +97,8 @@ console.log(useBullmq
   ? `express-background-tasks demo, --bullmq: Express 5 on http://127.0.0.1:${port}, Redis on ${connection.host}:${connection.port}.
 
 The handlers are the same as in the plain demo. The one change is backgroundTasks({ transport:
-bullmqTransport({ queue }) }): once a response has been sent, its tasks become one BullMQ job
-in Redis, and a worker (createWorker) runs them, in order. A failing task fails its job
+bullmqTransport({ queue }) }): before a response's end goes out, its tasks are stored as one
+BullMQ job in Redis; once the response has been sent, a worker (createWorker) runs them, in order. A failing task fails its job
 (BullMQ keeps it, with the error, for retries or inspection); the next task still runs.
 `
   : `express-background-tasks demo: Express 5 on http://127.0.0.1:${port}, and a client calling it.

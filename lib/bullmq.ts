@@ -4,10 +4,11 @@
  */
 
 import { randomUUID } from 'node:crypto';
+import type { Socket } from 'node:net';
 import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
-import { checkOptionNames, checkTimeout, type HandedOffTask, type TaskTransport } from './options.js';
+import { checkOptionNames, checkTimeout, type HandedOffTask, type TaskStaging, type TaskTransport } from './options.js';
 import { debug } from './task.js';
 
 /**
@@ -34,22 +35,39 @@ export interface BullmqTransportOptions {
    * `maxRetriesPerRequest: 1`, so that a hand-off fails within a second while Redis is down instead
    * of waiting for `timeout`.
    */
-  readonly queue: Pick<Queue, 'add'>;
+  readonly queue: Pick<Queue, 'add' | 'addBulk'>;
   /**
    * BullMQ's own options for every job, passed through unchanged (`attempts`, `backoff`,
-   * `priority`, `delay`, `removeOnComplete`, `removeOnFail`…). They override the queue's
+   * `priority`, `removeOnComplete`, `removeOnFail`…). They override the queue's
    * `defaultJobOptions`. A retry runs again only the tasks of the job that failed. `jobId` is the
    * transport's: a random UUID per job, so that a command ioredis sends again after a reconnect
-   * cannot add the job twice.
+   * cannot add the job twice. `delay` is the lease's while staging: it needs `stage: false`.
    * @default the queue's `defaultJobOptions`
    */
   readonly jobOptions?: JobsOptions | undefined;
   /**
-   * Milliseconds to wait for Redis to store a job before the hand-off counts as failed. A job that
-   * lands later anyway is run by the workers, so with `fallback: 'in-process'` its tasks may run twice.
+   * Milliseconds to wait for Redis to store a job before the hand-off counts as failed; while
+   * staging, also how long a response's end waits for it. A job stored later anyway is run by the
+   * workers after a plain hand-off (so with `fallback: 'in-process'` its tasks may run twice), and
+   * removed after a staging.
    * @default 10000
    */
   readonly timeout?: number | undefined;
+  /**
+   * Whether a response's defined tasks are staged before its end: stored as a delayed job, the
+   * response let through, then the job promoted once the response has been flushed. `false` hands
+   * them off after the flush instead, in one job that runs at once: no wait before the end, but a
+   * process that dies between the flush and Redis's acknowledgement loses them.
+   * @default true
+   */
+  readonly stage?: boolean | undefined;
+  /**
+   * Milliseconds a staged job waits for its web process to promote it before it runs anyway: the
+   * web process died, or the response is still being flushed to a slow client. Make it longer than
+   * your slowest response takes to reach its client.
+   * @default 30000
+   */
+  readonly lease?: number | undefined;
 }
 
 /**
@@ -63,13 +81,17 @@ export interface TasksJobData {
 
 /**
  * Creates the transport that turns each response's defined tasks into one BullMQ job, which holds
- * them in order. Run the jobs with `createWorker()`. A hand-off of more than 1000 tasks is refused:
- * each of them is reported as a `HandOffError`.
+ * them in order. Run the jobs with `createWorker()`. By default it stages: the job is stored,
+ * delayed by `lease`, before the response's end is let through, and promoted once the response has
+ * been flushed; the jobs of the responses that end in the same turn of the event loop are added in
+ * one pipeline. A hand-off of more than 1000 tasks is refused: each of them is reported as a
+ * `HandOffError`.
  * @param options - see `BullmqTransportOptions`
  * @return the transport, for `backgroundTasks({ transport })`
- * @throws {TypeError} when `queue` is not a BullMQ queue, `jobOptions` not an object, or an option
- *   unknown (`jobOptions` itself is BullMQ's, passed through unchecked)
- * @throws {RangeError} when `timeout` is not a positive number of milliseconds
+ * @throws {TypeError} when `queue` is not a BullMQ queue, `jobOptions` not an object, `stage` not a
+ *   boolean, `jobOptions.delay` or `lease` given along with staging's opposite, or an option unknown
+ *   (`jobOptions` itself is BullMQ's, passed through unchecked)
+ * @throws {RangeError} when `timeout` or `lease` is not a positive number of milliseconds
  * @example
  * const queue = new Queue('tasks', { connection: { host, port, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
  * app.use(backgroundTasks({ transport: bullmqTransport({ queue, jobOptions: { attempts: 3 } }) }));
@@ -80,30 +102,38 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
     throw new TypeError(invalid('options', 'an object', options));
   }
   checkOptionNames('bullmqTransport()', options, TRANSPORT_OPTION_NAMES);
-  const { queue, jobOptions, timeout = 10_000 } = options;
-  if (typeof (queue as Partial<Queue> | null)?.add !== 'function') {
+  const { queue, jobOptions, timeout = 10_000, stage = true, lease } = options;
+  if (typeof (queue as Partial<Queue> | null)?.add !== 'function' || typeof (queue as Partial<Queue>).addBulk !== 'function') {
     throw new TypeError(invalid('queue', 'a BullMQ Queue', queue));
   }
   if (jobOptions !== undefined && (jobOptions === null || typeof jobOptions !== 'object')) {
     throw new TypeError(invalid('jobOptions', 'an object of BullMQ job options', jobOptions));
   }
   const timeoutMs = checkTimeout(timeout, false);
+  if (typeof stage !== 'boolean') {
+    throw new TypeError(invalid('stage', 'a boolean', stage));
+  }
+  if (stage && jobOptions?.delay !== undefined) {
+    throw new TypeError(invalid('jobOptions.delay', 'left out while staging (the delay is the lease); pass stage: false to delay jobs', jobOptions.delay));
+  }
+  if (!stage && lease !== undefined) {
+    throw new TypeError(invalid('lease', 'left out with stage: false (nothing is staged)', lease));
+  }
 
-  return {
+  const transport: TaskTransport = {
     send(tasks: readonly HandedOffTask[]): Promise<unknown> {
-      if (tasks.length > MAX_JOB_TASKS) {
-        return Promise.reject(new RangeError(`${tooManyTasks(tasks.length)}: a worker refuses a longer job. ` +
-          'Queue one defined task that fans out instead.'));
-      }
-      const data: TasksJobData = { tasks };
-      const name = tasks.map((task) => task.name).join(',');
-      return withTimeout(queue.add(name, data, { ...jobOptions, jobId: randomUUID() }), timeoutMs);
+      const refused = refuseLongJob(tasks);
+      if (refused !== undefined) return refused;
+      return withTimeout(queue.add(jobName(tasks), { tasks } satisfies TasksJobData, { ...jobOptions, jobId: randomUUID() }), timeoutMs, 'store the job');
     },
   };
+  if (!stage) return transport;
+  const delayedJobOptions = { ...jobOptions, delay: checkTimeout(lease ?? 30_000, false, 'lease') };
+  return { ...transport, staging: stagingOf(queue, delayedJobOptions, timeoutMs) };
 }
 
 /** The keys `bullmqTransport()` reads; `satisfies` keeps the list in step with the interface. */
-const TRANSPORT_OPTION_NAMES = Object.keys({ queue: true, jobOptions: true, timeout: true } satisfies Record<keyof BullmqTransportOptions, true>);
+const TRANSPORT_OPTION_NAMES = Object.keys({ queue: true, jobOptions: true, timeout: true, stage: true, lease: true } satisfies Record<keyof BullmqTransportOptions, true>);
 
 /**
  * Options of `createWorker()`: BullMQ's `WorkerOptions`, passed through, and the task definitions.
@@ -242,6 +272,108 @@ function findMalformed(tasks: readonly unknown[]): string | undefined {
 }
 
 /**
+ * The two-phase form of `bullmqTransport()`: a delayed job per response, promoted or removed.
+ * The jobs of the responses whose end is held in the same turn of the event loop are added in one
+ * `addBulk()`, one pipeline. BullMQ has no bulk promotion or removal, so those of one turn are
+ * sent together while the queue's connection is corked: one write to Redis, at the next turn.
+ * @param queue - where the jobs go
+ * @param jobOptions - the user's job options, with the lease as `delay`
+ * @param timeoutMs - how long a promotion or removal may take
+ * @private
+ */
+function stagingOf(queue: Pick<Queue, 'addBulk'>, jobOptions: JobsOptions, timeoutMs: number): TaskStaging {
+  const connection = connectionOf(queue);
+  const stageTurn = perTurn<Later<readonly HandedOffTask[]>>((staged) => {
+    const jobs = staged.map(({ value: tasks }) => ({ name: jobName(tasks), data: { tasks } satisfies TasksJobData, opts: { ...jobOptions, jobId: randomUUID() } }));
+    queue.addBulk(jobs).then(
+      (stored) => staged.forEach((entry, index) => entry.resolve(stored[index])),
+      (error: unknown) => staged.forEach((entry) => entry.reject(error)),
+    );
+  });
+  const finishTurn = perTurn<Later<Job> & { readonly promote: boolean }>((finished) => {
+    const stream = connection.redis?.stream;
+    if (stream?.writable === true) {
+      stream.cork();
+      setImmediate(() => stream.uncork());
+    }
+    for (const { value: job, promote, resolve, reject } of finished) {
+      const done = promote ? withTimeout(job.promote(), timeoutMs, 'promote the job') : withTimeout(job.remove(), timeoutMs, 'remove the job');
+      done.then(resolve, reject);
+    }
+  });
+  return {
+    timeout: timeoutMs,
+    stage(tasks: readonly HandedOffTask[]): Promise<unknown> {
+      return refuseLongJob(tasks) ?? new Promise((resolve, reject) => stageTurn({ value: tasks, resolve, reject }));
+    },
+    release(job: unknown): Promise<unknown> {
+      return new Promise((resolve, reject) => finishTurn({ value: job as Job, promote: true, resolve, reject }));
+    },
+    discard(job: unknown): Promise<unknown> {
+      return new Promise((resolve, reject) => finishTurn({ value: job as Job, promote: false, resolve, reject }));
+    },
+  };
+}
+
+/**
+ * A call waiting for its turn: its argument and its promise's functions.
+ * @private
+ */
+interface Later<T> {
+  readonly value: T;
+  readonly resolve: (result: unknown) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/**
+ * @return a function that collects items and hands those of one turn of the event loop to `run`
+ *   together, at the end of the turn
+ * @private
+ */
+function perTurn<T>(run: (items: T[]) => void): (item: T) => void {
+  let items: T[] = [];
+  const runTurn = (): void => {
+    const turn = items;
+    items = [];
+    run(turn);
+  };
+  return (item) => {
+    if (items.push(item) === 1) setImmediate(runTurn);
+  };
+}
+
+/**
+ * The ioredis client of a BullMQ queue, once connected: `getBackend().client` in BullMQ 6,
+ * `client` in BullMQ 5. Only its socket is used, to cork it; without one (a Redis Cluster, a
+ * stand-in queue), nothing is corked.
+ * @private
+ */
+function connectionOf(queue: object): { redis: { readonly stream?: Pick<Socket, 'cork' | 'uncork' | 'writable'> } | undefined } {
+  const connection: ReturnType<typeof connectionOf> = { redis: undefined };
+  const { getBackend, client } = queue as { getBackend?: () => { client?: unknown }; client?: unknown };
+  const connecting: unknown = typeof getBackend === 'function' ? getBackend.call(queue).client : client;
+  if (connecting instanceof Promise) connecting.then((redis: typeof connection.redis) => (connection.redis = redis), () => {});
+  return connection;
+}
+
+/**
+ * @return a rejection when `tasks` are more than a job holds
+ * @private
+ */
+function refuseLongJob(tasks: readonly HandedOffTask[]): Promise<never> | undefined {
+  if (tasks.length <= MAX_JOB_TASKS) return undefined;
+  return Promise.reject(new RangeError(`${tooManyTasks(tasks.length)}: a worker refuses a longer job. Queue one defined task that fans out instead.`));
+}
+
+/**
+ * @return the name of a job holding `tasks`: their names, joined by `,`
+ * @private
+ */
+function jobName(tasks: readonly HandedOffTask[]): string {
+  return tasks.map((task) => task.name).join(',');
+}
+
+/**
  * @return the message for a job of `count` tasks, more than a worker runs
  * @private
  */
@@ -310,13 +442,14 @@ function succeededBefore(progress: unknown, count: number): number[] {
 }
 
 /**
+ * @param what - what Redis was asked to do, for the message: `store the job`…
  * @return `promise`, or a rejection once `ms` have passed without it settling
  * @private
  */
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`Redis did not store the job within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new Error(`Redis did not ${what} within ${ms} ms`)), ms);
   });
   return Promise.race([promise, timedOut]).finally(() => clearTimeout(timer));
 }

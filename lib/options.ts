@@ -54,8 +54,10 @@ export interface BackgroundTasksOptions {
   readonly around?: ((info: TaskInfo, run: () => unknown) => unknown) | undefined;
   /**
    * Where tasks made by `defineTask()` go instead of running here, e.g. `bullmqTransport({ queue })`
-   * from `express-background-tasks/bullmq`. Once the response has been flushed, its defined tasks
-   * are handed off together, in the order they were added. Plain functions always run here.
+   * from `express-background-tasks/bullmq`. A response's defined tasks are handed off together, in
+   * the order they were added: with a transport that has `staging`, stored before the response's
+   * end is let through and released to workers once it has been flushed; otherwise sent once it has
+   * been flushed. Plain functions always run here.
    * @default none: defined tasks run in this process too
    */
   readonly transport?: TaskTransport | undefined;
@@ -66,6 +68,15 @@ export interface BackgroundTasksOptions {
    * @default 'none'
    */
   readonly fallback?: 'none' | 'in-process' | undefined;
+  /**
+   * What a response does when its defined tasks could not be staged before its end (the transport
+   * failed or took longer than its `staging.timeout`). `'abort'`: its connection is destroyed, so
+   * the client never receives it in full and knows it failed, as a 2xx would promise the tasks
+   * were stored. `'respond'`: it is sent as the handler made it. Either way `fallback` applies.
+   * Only for a transport with `staging`.
+   * @default 'abort'
+   */
+  readonly stagingFailure?: 'abort' | 'respond' | undefined;
 }
 
 /**
@@ -80,6 +91,45 @@ export interface TaskTransport {
    *   it must settle (time out rather than wait forever), or `drain()` waits forever
    */
   send(tasks: readonly HandedOffTask[]): PromiseLike<unknown>;
+  /**
+   * The two-phase form, for a transport that can store tasks that run only later: a response's
+   * defined tasks are then staged before its end is let through, and released (or discarded) once
+   * it has been flushed. Without it, they are sent once the response has been flushed.
+   */
+  readonly staging?: TaskStaging | undefined;
+}
+
+/**
+ * The two-phase form of a transport: stage, then release or discard. Staged tasks must run by
+ * themselves after a lease, should the process die before it releases them.
+ * @public
+ */
+export interface TaskStaging {
+  /**
+   * Milliseconds a response's end may wait for `stage()`. Past it the staging counts as failed
+   * (`stagingFailure` decides what the response does), and tasks it stores later are discarded.
+   */
+  readonly timeout: number;
+  /**
+   * Stores the tasks one response queued, in order, so that workers run them once released, or
+   * once a lease has run out without a release or discard.
+   * @param tasks - name and JSON arguments of each task
+   * @return a promise of a receipt (a job id, a row, anything) that `release()` or `discard()`
+   *   gets back; it rejects when the tasks could not be stored
+   */
+  stage(tasks: readonly HandedOffTask[]): PromiseLike<unknown>;
+  /**
+   * Lets workers run staged tasks now: their response has been flushed. When it fails, they run
+   * once their lease has run out. It must settle, or `drain()` waits forever.
+   * @param receipt - what `stage()` resolved to
+   */
+  release(receipt: unknown): PromiseLike<unknown>;
+  /**
+   * Deletes staged tasks that must not run: `runOn: 'success'` refused their response, or they
+   * were stored after `timeout`. It must settle, or `drain()` waits forever.
+   * @param receipt - what `stage()` resolved to
+   */
+  discard(receipt: unknown): PromiseLike<unknown>;
 }
 
 /**
@@ -128,7 +178,11 @@ export interface Settings {
   readonly maxPending: number;
   readonly dropOnFailure: boolean;
   readonly transport: TaskTransport | undefined;
+  /** The transport's two-phase form, and its `timeout`, read once. */
+  readonly staging: TaskStaging | undefined;
+  readonly stagingTimeout: number;
   readonly runLocallyOnHandOffFailure: boolean;
+  readonly abortUnstaged: boolean;
 }
 
 /**
@@ -153,6 +207,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     runOn = 'always',
     transport,
     fallback = 'none',
+    stagingFailure = 'abort',
   } = options;
   if (typeof onError !== 'function') {
     throw new TypeError(invalid('onError', 'a function', onError));
@@ -169,6 +224,9 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
   if (fallback !== 'none' && fallback !== 'in-process') {
     throw new TypeError(invalid('fallback', "'none' or 'in-process'", fallback));
   }
+  if (stagingFailure !== 'abort' && stagingFailure !== 'respond') {
+    throw new TypeError(invalid('stagingFailure', "'abort' or 'respond'", stagingFailure));
+  }
   return {
     onError,
     around,
@@ -177,7 +235,9 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     maxPending: checkCount('maxPending', maxPending),
     dropOnFailure: runOn === 'success',
     transport,
+    ...checkStaging(transport?.staging),
     runLocallyOnHandOffFailure: fallback === 'in-process',
+    abortUnstaged: stagingFailure === 'abort',
   };
 }
 
@@ -210,30 +270,48 @@ const OPTION_NAMES = Object.keys({
   runOn: true,
   transport: true,
   fallback: true,
+  stagingFailure: true,
 } satisfies Record<keyof BackgroundTasksOptions, true>);
 
 /** setTimeout() treats any longer delay as 1 ms. */
 const MAX_TIMEOUT = 2 ** 31 - 1;
 
 /**
- * Validates a `timeout` option: of the middleware (which may be `Infinity`) or of a transport
- * (which must settle, so may not).
+ * Validates a `timeout` option, or another duration: of the middleware (which may be `Infinity`)
+ * or of a transport (which must settle, so may not).
  * @param value - the option's value
  * @param infinityAllowed - whether `Infinity` means "no timeout" here
+ * @param name - the option, for the message
  * @return the timeout in ms
  * @throws {TypeError} when `value` is not a number
  * @throws {RangeError} when it is outside 1 … 2^31 − 1 (or `Infinity`, when allowed)
  * @internal
  */
-export function checkTimeout(value: unknown, infinityAllowed: boolean): number {
+export function checkTimeout(value: unknown, infinityAllowed: boolean, name = 'timeout'): number {
   if (typeof value !== 'number') {
-    throw new TypeError(invalid('timeout', 'a number of milliseconds', value));
+    throw new TypeError(invalid(name, 'a number of milliseconds', value));
   }
   if (!(value >= 1 && value <= MAX_TIMEOUT) && !(infinityAllowed && value === Infinity)) {
     const range = `a number of milliseconds from 1 to ${MAX_TIMEOUT}${infinityAllowed ? ', or Infinity' : ''}`;
-    throw new RangeError(invalid('timeout', range, value));
+    throw new RangeError(invalid(name, range, value));
   }
   return value;
+}
+
+/**
+ * @param staging - a transport's `staging`
+ * @return it, once checked to be a whole two-phase form, and its timeout
+ * @throws {TypeError} when it is not an object with `stage()`, `release()` and `discard()` methods
+ * @throws {RangeError} when its `timeout` is not a number of milliseconds
+ * @private
+ */
+function checkStaging(staging: TaskStaging | undefined): Pick<Settings, 'staging' | 'stagingTimeout'> {
+  if (staging === undefined) return { staging, stagingTimeout: 0 };
+  const { stage, release, discard } = (staging ?? {}) as Partial<TaskStaging>;
+  if (typeof stage !== 'function' || typeof release !== 'function' || typeof discard !== 'function') {
+    throw new TypeError(invalid('transport.staging', 'an object with stage(), release() and discard() methods and a timeout', staging));
+  }
+  return { staging, stagingTimeout: checkTimeout(staging.timeout, false, 'transport.staging.timeout') };
 }
 
 /**

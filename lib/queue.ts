@@ -2,10 +2,11 @@ import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
 import { captureJsonArgs, checkTaskFunction, definedName } from './definition.js';
-import { HandOffError, messageOf, ShutdownError } from './errors.js';
-import type { Settings, TaskTransport } from './options.js';
+import { messageOf, ShutdownError } from './errors.js';
+import { HandOff } from './handoff.js';
+import type { Settings } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
-import { type Abandon, debug, report, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing, whenSettled } from './task.js';
+import { type Abandon, debug, report, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -15,13 +16,12 @@ export interface TaskQueue {
   /**
    * Queues `fn(...args)` to run after the response has been flushed, after the tasks queued before it.
    * The arguments are type-checked against `fn`. With a `transport`, a task made by `defineTask()`
-   * is handed off instead, with the response's other defined tasks, in order.
+   * is handed off instead, with the response's other defined tasks, in order: staged before the
+   * response's end when added before it and the transport has `staging`, otherwise sent after the flush.
    * @param fn - a function, sync or async; called with `this` undefined, so bind methods first
-   * @param args - the arguments to call it with. When `fn` is a defined task: JSON values only,
-   *   copied here, so that what runs or is sent is what was checked
+   * @param args - the arguments to call it with; JSON values only when `fn` is a defined task
    * @return this queue, for chaining
-   * @throws {TypeError} when `fn` is not a function, or is a generator function (its body would
-   *   never run), or is a defined task given arguments that are not JSON
+   * @throws {TypeError} when `fn` is not a function, or is a defined task given arguments that are not JSON
    * @throws {QueueFullError} when `maxPending` tasks are already pending
    * @example
    * res.locals.tasks.add(sendConfirmationEmail, req.params.id);
@@ -54,7 +54,7 @@ const END_WAIT_MS = 30_000;
  * re-adding itself, say) wait for the next turn, after the event loop has turned.
  * @internal
  */
-export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
+export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListener {
   nextWaiting: Runnable | undefined = undefined;
   readonly #scheduler: Scheduler;
   readonly #req: Request;
@@ -67,9 +67,13 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
   #lastOfTurn: Task | undefined = undefined;
   /** Whether the async task now running is the last of its turn. */
   #turnEnding = false;
-  /** Defined tasks waiting to be handed to the transport; allocated by the first. */
-  #toHandOff: Task[] | undefined = undefined;
+  /** The defined tasks on their way to the transport; made by the first. */
+  #handOff: HandOff | undefined = undefined;
   #onSettled: (() => void) | undefined = undefined;
+  /** Whether `res.end` is watched, for staging or for the status of `runOn: 'success'`. */
+  #watchingEnd = false;
+  /** In `awaiting-end`, the timer that stops waiting for the handler's end. */
+  #endTimer: NodeJS.Timeout | undefined = undefined;
   /** Tasks of this response queued, running or being handed off. */
   #pending = 0;
   /** The task that returned a promise and has not settled yet, and the way to give up on it. */
@@ -85,7 +89,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
   }
 
   get size(): number {
-    return this.#size;
+    return this.#size + (this.#handOff?.size ?? 0);
   }
 
   add<A extends unknown[]>(fn: (this: void, ...args: A) => unknown, ...args: A): this {
@@ -108,26 +112,74 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
       this.#settledForPlatform = keepPlatformAwake();
     }
     const task = new Task(fn as (...args: never[]) => unknown, captured);
-    const handedOff = durableName !== undefined && this.#scheduler.settings.transport !== undefined;
-    if (handedOff) (this.#toHandOff ??= []).push(task);
-    else this.#append(task);
-    this.#size++;
-    if (debug.enabled) debug('queued %s', taskName(fn));
-
-    if (this.#phase === 'open') {
-      this.#phase = 'awaiting-flush';
-      whenFlushed(this.#res, () => this.#flushed());
-    } else if (this.#phase === 'idle' || this.#phase === 'active') {
-      if (handedOff) {
-        // Added after the flush: these go off in a job of their own.
-        if (this.#toHandOff?.length === 1) setImmediate(() => this.#handOff());
-      } else if (this.#phase === 'idle') {
+    const { settings } = this.#scheduler;
+    if (durableName !== undefined && settings.transport !== undefined) {
+      if (this.#handOff === undefined) {
+        this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
+        // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
+        if (settings.staging !== undefined && !this.#res.writableEnded) this.#watchEnd();
+      }
+      this.#handOff.add(task);
+    } else {
+      this.#append(task);
+      this.#size++;
+      if (this.#phase === 'idle') {
         // Never run a task inside the add() call that queued it.
         this.#phase = 'active';
         setImmediate(() => this.#startTurn());
       }
     }
+    if (debug.enabled) debug('queued %s', taskName(fn));
+
+    if (this.#phase === 'open') {
+      this.#phase = 'awaiting-flush';
+      whenFlushed(this.#res, () => this.#flushed());
+    }
     return this;
+  }
+
+  /** The handler is calling `res.end()`: its defined tasks are about to be staged. */
+  ending(): void {
+    this.#handOff?.ending();
+  }
+
+  /** The handler's `res.end()` has gone through: stage its defined tasks; decide on its status if its client left. */
+  ended(): void {
+    this.#handOff?.ended();
+    if (this.#phase === 'awaiting-end') {
+      clearTimeout(this.#endTimer);
+      setImmediate(() => this.#start()); // not inside the handler's end(): the handler goes on first
+    }
+  }
+
+  /**
+   * At the start of `close()`: a response not sent yet tells its client to close the connection.
+   */
+  closing(): void {
+    if (!this.#res.headersSent) this.#res.setHeader('Connection', 'close');
+  }
+
+  /**
+   * At the deadline of `close()`: reports every task still queued (in-process, or waiting for the
+   * transport), and the one running, as a `ShutdownError`, aborts the running task's signal, and
+   * counts them all settled. Tasks the transport already has are left to its timeout.
+   * @return how many tasks were abandoned
+   */
+  abandon(deadlineMs: number): number {
+    const { settings } = this.#scheduler;
+    const queued: Task[] = this.#handOff?.abandon() ?? [];
+    for (let task = this.#head; task !== undefined; task = task.next) queued.push(task);
+    this.#head = this.#tail = undefined;
+    this.#size = 0;
+    for (const task of queued) {
+      const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: still queued ${deadlineMs} ms after close()`);
+      task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), settings);
+    }
+    if (queued.length > 0) this.#settle(queued.length);
+    const running = this.#running;
+    if (running === undefined) return queued.length;
+    (this.#abandonRunning as Abandon)(new ShutdownError(`Task ${taskName(running.fn)} was abandoned at shutdown: still running ${deadlineMs} ms after close()`));
+    return queued.length + 1;
   }
 
   /**
@@ -200,25 +252,36 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
       // Decide on the status the handler sends, not the 200 a client that left early would leave
       // behind. Once the headers are out, or end() called, the status can no longer change.
       this.#phase = 'awaiting-end';
-      whenEnded(this.#res, () => this.#start());
+      this.#watchEnd();
+      this.#endTimer = setTimeout(() => this.#start(), END_WAIT_MS).unref();
       return;
     }
     this.#start();
   }
 
-  /** Hands off the defined tasks and starts the first turn, unless `runOn: 'success'` refuses the response. */
+  /** Has `ending()` and `ended()` called as the handler ends the response. */
+  #watchEnd(): void {
+    if (this.#watchingEnd) return;
+    this.#watchingEnd = true;
+    watchEnd(this.#res, this);
+  }
+
+  /**
+   * Releases or hands off the defined tasks and starts the first turn, unless `runOn: 'success'`
+   * refuses the response.
+   */
   #start(): void {
     if (this.#scheduler.settings.dropOnFailure && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
-      if (statusIsFinal(this.#res)) debug('dropped %d task(s): response status %d', this.#size, this.#res.statusCode);
-      else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.#size, END_WAIT_MS);
+      if (statusIsFinal(this.#res)) debug('dropped %d task(s): response status %d', this.size, this.#res.statusCode);
+      else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.size, END_WAIT_MS);
       this.#settle(this.#size);
       this.#head = this.#tail = undefined;
-      this.#toHandOff = undefined;
       this.#size = 0;
       this.#phase = 'dropped';
+      this.#handOff?.drop();
       return;
     }
-    if (this.#toHandOff !== undefined) this.#handOff();
+    this.#handOff?.flushed();
     if (this.#head === undefined) {
       this.#phase = 'idle';
     } else {
@@ -227,38 +290,9 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
     }
   }
 
-  /**
-   * At the start of `close()`: a response not sent yet tells its client to close the connection.
-   */
-  closing(): void {
-    if (!this.#res.headersSent) this.#res.setHeader('Connection', 'close');
-  }
-
-  /**
-   * At the deadline of `close()`: reports every task still queued, and the one running, as a
-   * `ShutdownError`, aborts the running task's signal, and counts them all settled. Tasks being
-   * handed off are left to their transport's timeout.
-   * @return how many tasks were abandoned
-   */
-  abandon(deadlineMs: number): number {
-    const { settings } = this.#scheduler;
-    const queued: Task[] = [...(this.#toHandOff ?? [])];
-    for (let task = this.#head; task !== undefined; task = task.next) queued.push(task);
-    this.#head = this.#tail = this.#toHandOff = undefined;
-    this.#size = 0;
-    for (const task of queued) {
-      const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: still queued ${deadlineMs} ms after close()`);
-      task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), settings);
-    }
-    if (queued.length > 0) this.#settle(queued.length);
-    const running = this.#running;
-    if (running === undefined) return queued.length;
-    (this.#abandonRunning as Abandon)(new ShutdownError(`Task ${taskName(running.fn)} was abandoned at shutdown: still running ${deadlineMs} ms after close()`));
-    return queued.length + 1;
-  }
-
   /** Counts `count` of this response's tasks settled; a queue with none pending leaves the active set. */
   #settle(count: number): void {
+    if (count === 0) return;
     this.#pending -= count;
     if (this.#pending === 0) {
       this.#scheduler.active.delete(this);
@@ -275,51 +309,8 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
     this.#tail = task;
   }
 
-  /**
-   * Sends the defined tasks queued so far to the transport. They stay pending (and `drain()`
-   * waits) until the transport has settled, whatever it returns or throws.
-   */
-  #handOff(): void {
-    const tasks = this.#toHandOff;
-    if (tasks === undefined) return; // given up on by close() since this hand-off was scheduled
-    this.#toHandOff = undefined;
-    this.#size -= tasks.length;
-    // Set: tasks are put aside for a transport only when there is one.
-    const transport = this.#scheduler.settings.transport as TaskTransport;
-    let sent: unknown;
-    try {
-      // A defined task's function is named after it.
-      sent = transport.send(tasks.map((task) => ({ name: task.fn.name, args: task.args })));
-    } catch (error) {
-      this.#handOffFailed(tasks, error);
-      return;
-    }
-    void whenSettled(
-      sent,
-      () => {
-        if (debug.enabled) debug('handed off %d task(s): %s', tasks.length, tasks.map((task) => taskName(task.fn)).join(', '));
-        this.#settle(tasks.length);
-      },
-      (error) => this.#handOffFailed(tasks, error),
-    );
-  }
-
-  /**
-   * Reports each task the transport refused; with `fallback: 'in-process'`, then runs them here.
-   */
-  #handOffFailed(tasks: Task[], cause: unknown): void {
-    const { settings } = this.#scheduler;
-    const fallback = settings.runLocallyOnHandOffFailure;
-    const reason = messageOf(cause);
-    for (const task of tasks) {
-      const name = taskName(task.fn);
-      const error = new HandOffError(`Task ${name} could not be handed off${fallback ? ', so it runs in this process' : ''}: ${reason}`, { cause });
-      task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), settings);
-    }
-    if (!fallback) {
-      this.#settle(tasks.length);
-      return;
-    }
+  /** Runs here, after this response's other tasks, defined tasks the transport could not take. */
+  #runHere(tasks: Task[]): void {
     for (const task of tasks) this.#append(task);
     this.#size += tasks.length;
     if (this.#phase === 'idle') {
@@ -404,29 +395,36 @@ function statusIsFinal(res: Response): boolean {
 }
 
 /**
- * Calls `callback` once the handler has called `res.end()` (directly or through `send`, `json`,
- * `redirect`…), after that call has returned, or after `END_WAIT_MS` if it never does.
+ * What watches the handler's end of a response.
  * @private
  */
-function whenEnded(res: Response, callback: () => void): void {
+interface EndListener {
+  /** Called as the handler calls `res.end()`, before the end goes through. */
+  ending(): void;
+  /** Called once it has gone through, or thrown. */
+  ended(): void;
+}
+
+/**
+ * Has `listener` called around the handler's `res.end()` (called directly or through `send`,
+ * `json`, `redirect`…). Only the first end is watched; `res.end` is then put back.
+ * @private
+ */
+function watchEnd(res: Response, listener: EndListener): void {
   const end = res.end;
-  let ended = false;
-  const endThenDecide = function (this: Response, ...args: Parameters<Response['end']>): Response {
+  let watching = true;
+  const watchedEnd = function (this: Response, ...args: Parameters<Response['end']>): Response {
+    if (!watching) return end.apply(this, args); // a reference kept by another wrapper of res.end
+    watching = false;
+    if (res.end === watchedEnd) res.end = end;
+    listener.ending();
     try {
       return end.apply(this, args);
     } finally {
-      notify();
+      listener.ended();
     }
   } as Response['end'];
-  const notify = (): void => {
-    if (ended) return;
-    ended = true;
-    clearTimeout(timer);
-    if (res.end === endThenDecide) res.end = end;
-    setImmediate(callback); // not inside the handler's end(): the handler goes on first
-  };
-  const timer = setTimeout(notify, END_WAIT_MS).unref();
-  res.end = endThenDecide;
+  res.end = watchedEnd;
 }
 
 /**

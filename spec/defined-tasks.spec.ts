@@ -2,6 +2,8 @@
 // is a user of the public TaskTransport interface like bullmqTransport().
 import assert from 'node:assert/strict';
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { once } from 'node:events';
+import net, { type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import express from 'express';
 import {
@@ -11,10 +13,11 @@ import {
   type BackgroundTasksOptions,
   type HandedOffTask,
   type TaskInfo,
+  type TaskStaging,
   type TaskTransport,
 } from '../lib/index.js';
 import { errorWithUnreadableMessage, revokedProxy } from './support/hostile.js';
-import { deferred, expressVersions, watchProcessFaults, withServer } from './support/http.js';
+import { abortedRequest, deferred, delay, expressVersions, rawRequest, watchProcessFaults, withServer } from './support/http.js';
 
 /** A transport that keeps what it is sent; the sends settle when the spec calls `settle()`. */
 function recordingTransport(): TaskTransport & { sent: HandedOffTask[][]; sentTimes(count: number): Promise<void>; settle(): void } {
@@ -420,5 +423,472 @@ describe('the `transport` option', () => {
       await tasks.drain();
     });
     assert.deepEqual(seen.sort(), ['report in a', 'report in b', 'task in a', 'task in b']);
+  });
+});
+
+// The worked example of docs/scaling-out.md#custom-transports, as it is printed there.
+/** Where the outbox rows live: a table with columns id, tasks (JSON) and run_after. */
+interface Outbox {
+  insert(tasks: readonly HandedOffTask[], runAfter: Date): Promise<string>; // resolves to the row's id
+  runNow(id: string): Promise<void>;
+  delete(id: string): Promise<void>;
+}
+
+const LEASE_MS = 30_000;
+
+function outboxTransport(outbox: Outbox): TaskTransport {
+  return {
+    send: (tasks) => outbox.insert(tasks, new Date()),
+    staging: {
+      timeout: 2_000,
+      stage: (tasks) => outbox.insert(tasks, new Date(Date.now() + LEASE_MS)), // the row's id is the receipt
+      release: (id) => outbox.runNow(id as string),
+      discard: (id) => outbox.delete(id as string),
+    },
+  };
+}
+// End of the example.
+
+/**
+ * The docs' outbox table, in memory. Each insert waits for `gate` (open by default), so that a spec
+ * can hold the staging; `calls` records every call in order.
+ */
+function memoryOutbox(): Outbox & {
+  rows: Map<string, { tasks: HandedOffTask[]; runAfter: number }>;
+  calls: string[];
+  gate: Promise<void>;
+  inserted(count: number): Promise<void>;
+} {
+  const rows = new Map<string, { tasks: HandedOffTask[]; runAfter: number }>();
+  const calls: string[] = [];
+  const waiting: [count: number, resolve: () => void][] = [];
+  let inserts = 0;
+  let nextId = 1;
+  return {
+    rows,
+    calls,
+    gate: Promise.resolve(),
+    async insert(tasks, runAfter) {
+      calls.push(`insert ${tasks.map((task) => task.name).join(',')}${runAfter.getTime() > Date.now() ? ' staged' : ''}`);
+      inserts++;
+      for (const [count, resolve] of waiting) if (inserts === count) resolve();
+      await this.gate;
+      const id = String(nextId++);
+      rows.set(id, { tasks: [...tasks], runAfter: runAfter.getTime() });
+      return id;
+    },
+    async runNow(id) {
+      calls.push(`runNow ${id}`);
+      const row = rows.get(id);
+      if (row !== undefined) row.runAfter = Date.now();
+    },
+    async delete(id) {
+      calls.push(`delete ${id}`);
+      rows.delete(id);
+    },
+    inserted(count) {
+      if (inserts >= count) return Promise.resolve();
+      const { promise, resolve } = deferred();
+      waiting.push([count, resolve]);
+      return promise;
+    },
+  };
+}
+
+/** Whether `promise` is still pending after `ms`. */
+async function stillPending(promise: Promise<unknown>, ms = 50): Promise<boolean> {
+  let settled = false;
+  void promise.then(() => (settled = true), () => (settled = true));
+  await delay(ms);
+  return !settled;
+}
+
+/** Resolves once `socket` has received data matching `pattern`, with everything received so far. */
+function received(socket: Socket, pattern: RegExp): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const onData = (chunk: Buffer): void => {
+      text += chunk.toString();
+      if (!pattern.test(text)) return;
+      socket.off('data', onData).off('close', onClose);
+      resolve(text);
+    };
+    const onClose = (): void => reject(new Error(`closed before ${pattern}; received:\n${text}`));
+    socket.on('data', onData).once('close', onClose);
+  });
+}
+
+describe('a transport with `staging`', () => {
+  const resize = defineTask('resize', (_id: string, _width: number) => {});
+  const index = defineTask('index', (_id: string) => {});
+
+  for (const [label, createApp] of expressVersions) {
+    it(`${label}: stages a response's defined tasks before its end reaches the client, and releases them once it has been flushed`, async () => {
+      const outbox = memoryOutbox();
+      const storing = deferred();
+      outbox.gate = storing.promise;
+      const ran: string[] = [];
+      const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
+      const app = createApp();
+      app.use(tasks);
+      app.post('/:id', (req, res) => {
+        const id = String(req.params.id);
+        res.on('finish', () => outbox.calls.push('response flushed'));
+        res.locals.tasks.add(resize, id, 640).add(() => void ran.push(`plain ${id}`)).add(index, id);
+        res.status(201).json({ id });
+      });
+      await withServer(app, async ({ url }) => {
+        const response = fetch(`${url}/a`, { method: 'POST' });
+        await outbox.inserted(1);
+        assert.equal(await stillPending(response), true, 'no response while the tasks are not stored');
+        assert.equal(tasks.pending, 3);
+        storing.resolve();
+        assert.equal((await response).status, 201);
+        await tasks.drain();
+      });
+      assert.deepEqual(outbox.calls, ['insert resize,index staged', 'response flushed', 'runNow 1']);
+      assert.deepEqual([...outbox.rows.values()].map((row) => row.tasks), [[{ name: 'resize', args: ['a', 640] }, { name: 'index', args: ['a'] }]]);
+      assert.ok((outbox.rows.get('1')?.runAfter ?? Infinity) <= Date.now(), 'released: due now');
+      assert.deepEqual(ran, ['plain a']);
+    });
+  }
+
+  it('sends defined tasks added after the end once the response has been flushed, in a call of their own', async () => {
+    const outbox = memoryOutbox();
+    const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
+    const app = express();
+    app.use(tasks);
+    app.post('/', (_req, res) => {
+      res.locals.tasks.add(index, 'before');
+      res.end();
+      res.locals.tasks.add(index, 'after the end');
+    });
+    await withServer(app, async ({ url }) => {
+      await fetch(url, { method: 'POST' });
+      await tasks.drain();
+    });
+    assert.deepEqual(outbox.calls, ['insert index staged', 'runNow 1', 'insert index']);
+    assert.deepEqual([...outbox.rows.values()].map((row) => row.tasks[0]?.args[0]), ['before', 'after the end']);
+  });
+
+  it("with runOn: 'success', a failed response stages nothing, and one whose status fails after the staging has its tasks discarded", async () => {
+    const outbox = memoryOutbox();
+    const tasks = backgroundTasks({ transport: outboxTransport(outbox), runOn: 'success' });
+    const app = express();
+    app.use(tasks);
+    app.post('/fails', (_req, res) => {
+      res.locals.tasks.add(index, 'fails');
+      res.status(500).end();
+    });
+    app.post('/fails-later', (_req, res, next) => {
+      // Another wrapper of res.end, such as a session store's, that sets the status once it has saved.
+      const end = res.end;
+      res.end = function endOnceSaved(this: express.Response, ...args: unknown[]) {
+        setTimeout(() => {
+          res.statusCode = 503;
+          (end as (...args: unknown[]) => unknown).apply(this, args);
+        }, 20);
+        return this;
+      } as express.Response['end'];
+      next();
+    }, (_req, res) => {
+      res.locals.tasks.add(index, 'fails later');
+      res.end('saved?');
+    });
+    await withServer(app, async ({ url }) => {
+      assert.equal((await fetch(`${url}/fails`, { method: 'POST' })).status, 500);
+      assert.equal((await fetch(`${url}/fails-later`, { method: 'POST' })).status, 503);
+      await tasks.drain();
+    });
+    assert.deepEqual(outbox.calls, ['insert index staged', 'delete 1']);
+    assert.equal(outbox.rows.size, 0);
+  });
+
+  for (const stagingFailure of ['abort', 'respond'] as const) {
+    for (const fallback of ['none', 'in-process'] as const) {
+      it(`when staging fails, stagingFailure: '${stagingFailure}' ${stagingFailure === 'abort' ? 'destroys the response' : 'sends the response'}; each task is a HandOffError (fallback: '${fallback}')`, async () => {
+        const ran: string[] = [];
+        const reported: unknown[] = [];
+        const notify = defineTask('notify', (who: string) => void ran.push(who));
+        const transport: TaskTransport = {
+          send: () => Promise.resolve(),
+          staging: { timeout: 1000, stage: () => Promise.reject(new Error('outbox full')), release: () => Promise.resolve(), discard: () => Promise.resolve() },
+        };
+        const tasks = backgroundTasks({ transport, stagingFailure, fallback, onError: (error) => reported.push(error) });
+        const app = express();
+        app.use(tasks);
+        app.post('/', (_req, res) => {
+          res.locals.tasks.add(notify, 'ada').add(notify, 'grace');
+          res.status(201).json({ paid: true });
+        });
+        await withServer(app, async ({ url }) => {
+          const outcome = await fetch(url, { method: 'POST' }).then((response) => response.status, (error: Error) => error.name);
+          assert.equal(outcome, stagingFailure === 'abort' ? 'TypeError' : 201, 'fetch fails when the connection is destroyed');
+          await tasks.drain();
+        });
+        const consequence = stagingFailure === 'abort'
+          ? `, so its response was aborted${fallback === 'in-process' ? ' and it runs in this process' : ''}`
+          : fallback === 'in-process' ? ', so it runs in this process' : '';
+        assert.deepEqual(reported.map((error) => (error as Error).message), Array(2).fill(`Task notify could not be handed off${consequence}: outbox full`));
+        for (const error of reported) assert.ok(error instanceof HandOffError);
+        assert.deepEqual(ran, fallback === 'in-process' ? ['ada', 'grace'] : []);
+        assert.equal(tasks.pending, 0);
+      });
+    }
+  }
+
+  it('a stage that does not settle within staging.timeout lets the response go at the timeout, and what it stores later is discarded', async () => {
+    const calls: string[] = [];
+    const reported: unknown[] = [];
+    const stored = deferred<string>();
+    const transport: TaskTransport = {
+      send: () => Promise.resolve(),
+      staging: {
+        timeout: 100,
+        stage: () => stored.promise,
+        release: (receipt) => Promise.resolve(void calls.push(`release ${String(receipt)}`)),
+        discard: (receipt) => Promise.resolve(void calls.push(`discard ${String(receipt)}`)),
+      },
+    };
+    const tasks = backgroundTasks({ transport, stagingFailure: 'respond', onError: (error) => reported.push(error) });
+    const app = express();
+    app.use(tasks);
+    app.post('/', (_req, res) => {
+      res.locals.tasks.add(index, 'slow');
+      res.end('ok');
+    });
+    await withServer(app, async ({ url }) => {
+      const startedAt = performance.now();
+      assert.equal(await (await fetch(url, { method: 'POST' })).text(), 'ok');
+      const waited = performance.now() - startedAt;
+      assert.ok(waited >= 90 && waited < 1000, `the response waited ${waited.toFixed(0)} ms`);
+      assert.deepEqual(reported.map((error) => (error as Error).message), ['Task index could not be handed off: the transport did not stage it within 100 ms']);
+      stored.resolve('row-7');
+      await tasks.drain();
+      await delay(10);
+    });
+    assert.deepEqual(calls, ['discard row-7']);
+  });
+
+  it('the held end behaves as Node\'s: res.end() returns res, headers count as sent, callbacks and finish come in the same order', async () => {
+    /** What the handler sees of its own response, with and without staging. */
+    const observe = async (transport: TaskTransport | undefined): Promise<unknown[]> => {
+      const seen: unknown[] = [];
+      const tasks = backgroundTasks({ transport });
+      const app = express();
+      app.use(tasks);
+      app.post('/', (_req, res) => {
+        res.locals.tasks.add(index, 'x');
+        res.on('finish', () => seen.push('finish'));
+        const returned = res.status(202).json({ ok: true }) as unknown;
+        seen.push(returned === res, res.headersSent, res.writableEnded);
+        try {
+          res.json({ twice: true });
+        } catch (error) {
+          seen.push((error as { code?: string }).code);
+        }
+        res.end(() => seen.push('end callback'));
+      });
+      await withServer(app, async ({ url }) => {
+        assert.deepEqual(await (await fetch(url, { method: 'POST' })).json(), { ok: true });
+        await tasks.drain();
+      });
+      return seen;
+    };
+    const outbox = memoryOutbox();
+    const storing = deferred();
+    outbox.gate = storing.promise;
+    setTimeout(() => storing.resolve(), 50);
+    const staged = await observe(outboxTransport(outbox));
+    assert.deepEqual(staged, await observe(undefined));
+    assert.deepEqual(staged.slice(0, 4), [true, true, true, 'ERR_HTTP_HEADERS_SENT']);
+    assert.ok(staged.includes('finish'));
+  });
+
+  it('chunks written before end() go out at once; only the end waits for the staging', async () => {
+    const outbox = memoryOutbox();
+    const storing = deferred();
+    outbox.gate = storing.promise;
+    const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
+    const app = express();
+    app.use(tasks);
+    app.get('/stream', (_req, res) => {
+      res.locals.tasks.add(index, 'streamed');
+      res.write('first chunk;');
+      res.end('last chunk');
+    });
+    await withServer(app, async ({ port }) => {
+      const socket = await rawRequest(port, '/stream');
+      const early = await received(socket, /first chunk;/);
+      assert.doesNotMatch(early, /last chunk/);
+      await outbox.inserted(1);
+      assert.equal(await stillPending(received(socket, /last chunk/)), true);
+      storing.resolve();
+      assert.match(await received(socket, /0\r\n\r\n$/), /last chunk/);
+      socket.destroy();
+      await tasks.drain();
+    });
+    assert.deepEqual(outbox.calls, ['insert index staged', 'runNow 1']);
+  });
+
+  it('holds each of two pipelined responses until its own tasks are stored', async () => {
+    const outbox = memoryOutbox();
+    const gates = [deferred(), deferred()];
+    let insert = 0;
+    const gatedInsert = outbox.insert.bind(outbox);
+    outbox.insert = (tasks, runAfter) => {
+      outbox.gate = (gates[insert++] as { promise: Promise<void> }).promise;
+      return gatedInsert(tasks, runAfter);
+    };
+    const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
+    const app = express();
+    app.use(tasks);
+    app.get('/:id', (req, res) => {
+      res.locals.tasks.add(index, String(req.params.id));
+      res.send(`response ${req.params.id}`);
+    });
+    await withServer(app, async ({ port }) => {
+      const socket = net.connect(port, '127.0.0.1');
+      await once(socket, 'connect');
+      socket.write('GET /1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /2 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+      await outbox.inserted(2);
+      const first = received(socket, /response 1/);
+      assert.equal(await stillPending(first), true);
+      gates[0]?.resolve();
+      assert.doesNotMatch(await first, /response 2/);
+      const second = received(socket, /response 2/);
+      assert.equal(await stillPending(second), true, 'the second waits for its own staging');
+      gates[1]?.resolve();
+      await second;
+      socket.destroy();
+      await tasks.drain();
+    });
+    assert.deepEqual(outbox.calls.filter((call) => call.startsWith('runNow')).sort(), ['runNow 1', 'runNow 2']);
+  });
+
+  it('a client that disconnects while its response is held: the tasks are still released, and nothing leaks or throws', async () => {
+    const watch = watchProcessFaults();
+    const outbox = memoryOutbox();
+    const storing = deferred();
+    outbox.gate = storing.promise;
+    const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
+    const app = express();
+    app.use(tasks);
+    app.get('/', (_req, res) => {
+      res.locals.tasks.add(index, 'orphan');
+      res.send('never read');
+    });
+    await withServer(app, async ({ port }) => {
+      const socket = await rawRequest(port, '/');
+      await outbox.inserted(1);
+      socket.resetAndDestroy();
+      await delay(20);
+      storing.resolve();
+      await tasks.drain();
+    });
+    watch.stop();
+    assert.deepEqual(watch.faults, []);
+    assert.deepEqual(outbox.calls, ['insert index staged', 'runNow 1']);
+    assert.equal(tasks.pending, 0);
+  });
+
+  it('a client that left before the end: its tasks are sent once it has gone, and those added later are sent too, not staged', async () => {
+    const outbox = memoryOutbox();
+    const handlerEntered = deferred();
+    const proceed = deferred();
+    const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
+    const app = express();
+    app.use(tasks);
+    app.get('/', async (_req, res) => {
+      res.locals.tasks.add(index, 'before');
+      handlerEntered.resolve();
+      await proceed.promise;
+      res.locals.tasks.add(index, 'after the client left');
+      res.end('nobody reads this');
+    });
+    await withServer(app, async ({ port }) => {
+      await abortedRequest(port, '/', handlerEntered.promise);
+      await outbox.inserted(1);
+      proceed.resolve();
+      await outbox.inserted(2);
+      await tasks.drain();
+    });
+    assert.deepEqual(outbox.calls, ['insert index', 'insert index']);
+    assert.deepEqual([...outbox.rows.values()].map((row) => row.tasks[0]?.args[0]), ['before', 'after the client left']);
+  });
+
+  it('reads `staging.timeout` once, when the middleware is created', async () => {
+    let reads = 0;
+    const outbox = memoryOutbox();
+    const { staging, send } = outboxTransport(outbox) as TaskTransport & { staging: TaskStaging };
+    const tasks = backgroundTasks({
+      transport: {
+        send,
+        staging: {
+          ...staging,
+          get timeout(): number {
+            if (reads++ > 0) throw new Error('read again');
+            return 1000;
+          },
+        },
+      },
+    });
+    const app = express();
+    app.use(tasks);
+    app.post('/', (_req, res) => {
+      res.locals.tasks.add(index, 'x');
+      res.end('ok');
+    });
+    await withServer(app, async ({ url }) => {
+      assert.equal(await (await fetch(url, { method: 'POST' })).text(), 'ok');
+      await tasks.drain();
+    });
+    assert.equal(reads, 1);
+    assert.deepEqual(outbox.calls, ['insert index staged', 'runNow 1']);
+  });
+
+  it('a two-phase transport that fails with hostile values: each task is a HandOffError, the response goes, and nothing stays pending', { timeout: 20_000 }, async () => {
+    const hostile: (() => unknown)[] = [
+      () => Promise.reject(errorWithUnreadableMessage()),
+      () => Promise.reject(revokedProxy()),
+      () => {
+        throw revokedProxy();
+      },
+      () => ({
+        then() {
+          throw new Error('then');
+        },
+      }),
+      revokedProxy,
+    ];
+    const fine = (): Promise<void> => Promise.resolve();
+    const cases: [label: string, staging: TaskTransport['staging'], reports: number][] = [
+      ...hostile.map((stage): [string, TaskTransport['staging'], number] => [`stage ${stage}`, { timeout: 1000, stage: stage as () => PromiseLike<unknown>, release: fine, discard: fine }, 1]),
+      ...hostile.map((release): [string, TaskTransport['staging'], number] => [
+        `release ${release}`,
+        { timeout: 1000, stage: () => Promise.resolve('receipt'), release: release as () => PromiseLike<unknown>, discard: fine },
+        0,
+      ]),
+    ];
+    for (const [label, staging, reports] of cases) {
+      const watch = watchProcessFaults();
+      const reported: unknown[] = [];
+      const tasks = backgroundTasks({ transport: { send: fine, staging }, stagingFailure: 'respond', onError: (error) => reported.push(error) });
+      const app = express();
+      app.use(tasks);
+      app.post('/', (_req, res) => {
+        res.locals.tasks.add(index, 'x');
+        res.end('done');
+      });
+      await withServer(app, async ({ url }) => {
+        assert.equal(await (await fetch(url, { method: 'POST' })).text(), 'done', label);
+        await tasks.drain();
+      });
+      watch.stop();
+      assert.deepEqual(watch.faults, [], `no unhandled rejection or uncaught exception from ${label}`);
+      assert.equal(reported.length, reports, label);
+      for (const error of reported) assert.ok(error instanceof HandOffError, label);
+      assert.equal(tasks.pending, 0, label);
+    }
   });
 });

@@ -31,8 +31,13 @@ describe('bad input is refused at once', () => {
     [{ timout: 100 }, TypeError, 'Expected `timout` to be an option of backgroundTasks() (did you mean `timeout`?), got `100` (number)'],
     [{ maxpending: 10 }, TypeError, 'Expected `maxpending` to be an option of backgroundTasks() (did you mean `maxPending`?), got `10` (number)'],
     [{ on_error: 'log' }, TypeError, 'Expected `on_error` to be an option of backgroundTasks() (did you mean `onError`?), got `log` (string)'],
-    [{ retries: 3 }, TypeError, 'Expected `retries` to be an option of backgroundTasks() (onError, around, timeout, concurrency, maxPending, runOn, transport, fallback), got `3` (number)'],
+    [{ retries: 3 }, TypeError, 'Expected `retries` to be an option of backgroundTasks() (onError, around, timeout, concurrency, maxPending, runOn, transport, fallback, stagingFailure), got `3` (number)'],
     [{ around: 'span' }, TypeError, 'Expected `around` to be a function (info, run) => run(), got `span` (string)'],
+    [{ stagingFailure: 'retry' }, TypeError, "Expected `stagingFailure` to be 'abort' or 'respond', got `retry` (string)"],
+    [{ transport: { send() {}, staging: { timeout: 10, stage() {} } } }, TypeError, 'Expected `transport.staging` to be an object with stage(), release() and discard() methods and a timeout, got `{ timeout: 10, stage: [Function: stage] }` (object)'],
+    [{ transport: { send() {}, staging: null } }, TypeError, 'Expected `transport.staging` to be an object with stage(), release() and discard() methods and a timeout, got `null` (object)'],
+    [{ transport: { send() {}, staging: { stage() {}, release() {}, discard() {} } } }, TypeError, 'Expected `transport.staging.timeout` to be a number of milliseconds, got `undefined` (undefined)'],
+    [{ transport: { send() {}, staging: { timeout: Infinity, stage() {}, release() {}, discard() {} } } }, RangeError, 'Expected `transport.staging.timeout` to be a number of milliseconds from 1 to 2147483647, got `Infinity` (number)'],
   ];
   for (const [options, ErrorClass, message] of invalidOptions) {
     it(`backgroundTasks(${JSON.stringify(options, (_key, value: unknown) => (typeof value === 'bigint' ? `${value}n` : value))}) throws a ${ErrorClass.name} naming the option`, () => {
@@ -50,6 +55,8 @@ describe('bad input is refused at once', () => {
     assert.equal(middleware.name, 'backgroundTasksMiddleware');
     assert.equal(backgroundTasks({ timeout: Infinity, maxPending: Infinity, concurrency: 1 }).pending, 0);
     assert.equal(backgroundTasks(undefined).pending, 0);
+    const staging = Object.freeze({ timeout: 1000, stage: async () => 'receipt', release: async () => {}, discard: async () => {} });
+    assert.equal(backgroundTasks(Object.freeze({ transport: Object.freeze({ send: async () => {}, staging }), stagingFailure: 'respond', fallback: 'in-process' } as const)).pending, 0);
   });
 
   const invalidCloseOptions: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
@@ -180,7 +187,7 @@ describe('bad input is refused at once', () => {
     });
   }
 
-  const queue = { add: async () => ({}) } as unknown as BullmqTransportOptions['queue'];
+  const queue = { add: async () => ({}), addBulk: async () => [] } as unknown as BullmqTransportOptions['queue'];
   const invalidTransports: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
     [undefined, TypeError, 'Expected `options` to be an object, got `undefined` (undefined)'],
     [{ queue: 'tasks' }, TypeError, 'Expected `queue` to be a BullMQ Queue, got `tasks` (string)'],
@@ -190,7 +197,13 @@ describe('bad input is refused at once', () => {
     [{ queue, timeout: Infinity }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, got `Infinity` (number)'],
     [{ queue, timout: 5_000 }, TypeError, 'Expected `timout` to be an option of bullmqTransport() (did you mean `timeout`?), got `5000` (number)'],
     [{ queue, jobOption: { attempts: 3 } }, TypeError, 'Expected `jobOption` to be an option of bullmqTransport() (did you mean `jobOptions`?), got `{ attempts: 3 }` (object)'],
-    [{ queue, attempts: 3 }, TypeError, 'Expected `attempts` to be an option of bullmqTransport() (queue, jobOptions, timeout), got `3` (number)'],
+    [{ queue, attempts: 3 }, TypeError, 'Expected `attempts` to be an option of bullmqTransport() (queue, jobOptions, timeout, stage, lease), got `3` (number)'],
+    [{ queue, stage: 'yes' }, TypeError, 'Expected `stage` to be a boolean, got `yes` (string)'],
+    [{ queue, lease: 0 }, RangeError, 'Expected `lease` to be a number of milliseconds from 1 to 2147483647, got `0` (number)'],
+    [{ queue, lease: '30s' }, TypeError, 'Expected `lease` to be a number of milliseconds, got `30s` (string)'],
+    [{ queue, stage: false, lease: 1000 }, TypeError, 'Expected `lease` to be left out with stage: false (nothing is staged), got `1000` (number)'],
+    [{ queue, jobOptions: { delay: 5000 } }, TypeError, 'Expected `jobOptions.delay` to be left out while staging (the delay is the lease); pass stage: false to delay jobs, got `5000` (number)'],
+    [{ queue: { add: async () => ({}) } }, TypeError, 'Expected `queue` to be a BullMQ Queue, got `{ add: [AsyncFunction: add] }` (object)'],
   ];
   for (const [options, ErrorClass, message] of invalidTransports) {
     it(`bullmqTransport() throws a ${ErrorClass.name}: ${message}`, () => {

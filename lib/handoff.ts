@@ -1,0 +1,358 @@
+import type { Socket } from 'node:net';
+import type { Request, Response } from 'express';
+import { HandOffError, messageOf } from './errors.js';
+import type { HandedOffTask, Settings, TaskStaging, TaskTransport } from './options.js';
+import { debug, report, type Task, taskInfo, taskName, whenSettled } from './task.js';
+
+/**
+ * Where the staged tasks of a response stand: `none` staged; `staging` (the transport has them,
+ * the response's end waits); `stored` (waiting for the flush, or for `runOn`'s verdict); `over`
+ * (released or discarded, or the staging failed).
+ */
+type Staging = 'none' | 'staging' | 'stored' | 'over';
+
+/**
+ * The defined tasks of one response on their way to the `transport`. With a two-phase transport,
+ * the tasks queued when the handler ends the response are staged while the bytes of that end wait
+ * here, then released once the response has been flushed, or discarded when `runOn: 'success'`
+ * refuses it. Tasks queued later, or with a one-phase transport, are sent once it has been flushed.
+ * Tasks the transport could not take are reported as `HandOffError`s and, with `fallback:
+ * 'in-process'`, given back to run here. A task counts as pending until the transport has settled.
+ * @internal
+ */
+export class HandOff {
+  readonly #settings: Settings;
+  readonly #req: Request;
+  readonly #res: Response;
+  /** Counts tasks as settled. */
+  readonly #settle: (count: number) => void;
+  /** Runs tasks the transport could not take in this process. */
+  readonly #runHere: (tasks: Task[]) => void;
+  /** Defined tasks not given to the transport yet. */
+  #queued: Task[] = [];
+  #staging: Staging = 'none';
+  #staged: Task[] = [];
+  #receipt: unknown = undefined;
+  /** What to do with the staged tasks once stored: decided by the flush (or `runOn`) before they were. */
+  #thenStaged: 'release' | 'discard' | undefined = undefined;
+  /** Whether the bytes of the response's end are held until the staging settles. */
+  #holding = false;
+  /** Whether the response has been flushed and accepted: tasks queued from now on are sent. */
+  #sending = false;
+
+  constructor(settings: Settings, req: Request, res: Response, settle: (count: number) => void, runHere: (tasks: Task[]) => void) {
+    this.#settings = settings;
+    this.#req = req;
+    this.#res = res;
+    this.#settle = settle;
+    this.#runHere = runHere;
+  }
+
+  /** Defined tasks not given to the transport yet. */
+  get size(): number {
+    return this.#queued.length;
+  }
+
+  /** Queues a defined task; once the response has been flushed, it goes off in a call of its own. */
+  add(task: Task): void {
+    if (this.#queued.push(task) === 1 && this.#sending) setImmediate(() => this.#send());
+  }
+
+  /**
+   * The handler is ending the response: with a two-phase transport and tasks to stage, hold the
+   * bytes the end is about to write.
+   */
+  ending(): void {
+    if (this.#settings.staging === undefined || this.#queued.length === 0 || this.#sending) return;
+    const connection = this.#req.socket as Socket | null; // null only for a request made up in a test
+    if (connection === null || this.#res.destroyed) return;
+    holdEnd(connection, this.#res);
+    this.#holding = true;
+  }
+
+  /**
+   * The handler's end has gone through: stage the tasks queued so far. A response `runOn:
+   * 'success'` will refuse stores nothing, and its end goes at once. After an early close the
+   * response counts as flushed already: its tasks are sent instead.
+   */
+  ended(): void {
+    const staging = this.#settings.staging;
+    if (staging === undefined || this.#queued.length === 0 || this.#sending) return;
+    if (this.#settings.dropOnFailure && this.#res.statusCode >= 400) {
+      this.#letEndThrough(true);
+      return;
+    }
+    const tasks = this.#queued;
+    this.#queued = [];
+    this.#staged = tasks;
+    this.#staging = 'staging';
+    const { stagingTimeout } = this.#settings;
+    const timer = setTimeout(() => this.#stagingFailed(new Error(`the transport did not stage it within ${stagingTimeout} ms`)), stagingTimeout);
+    let stored: unknown;
+    try {
+      stored = staging.stage(handedOff(tasks));
+    } catch (error) {
+      clearTimeout(timer);
+      this.#stagingFailed(error);
+      return;
+    }
+    void whenSettled(
+      stored,
+      (receipt) => {
+        clearTimeout(timer);
+        this.#stored(receipt);
+      },
+      (error) => {
+        clearTimeout(timer);
+        this.#stagingFailed(error);
+      },
+    );
+  }
+
+  /**
+   * The response has been flushed (or its connection closed) and its tasks are to run: release
+   * what is staged, once stored, and send the rest.
+   */
+  flushed(): void {
+    this.#sending = true;
+    this.#afterStaging('release');
+    if (this.#queued.length > 0) this.#send();
+  }
+
+  /**
+   * At the `close()` deadline: gives up the tasks not given to the transport yet. Those it has
+   * (staged, or being sent) are left to it and its timeout.
+   * @return the tasks given up, for the caller to report
+   */
+  abandon(): Task[] {
+    const tasks = this.#queued;
+    this.#queued = [];
+    return tasks;
+  }
+
+  /** `runOn: 'success'` refused the response: forget its tasks, and discard those staged, once stored. */
+  drop(): void {
+    this.#settle(this.#queued.length);
+    this.#queued = [];
+    this.#afterStaging('discard');
+  }
+
+  /** Releases or discards the staged tasks now if they are stored, otherwise once they are. */
+  #afterStaging(outcome: 'release' | 'discard'): void {
+    if (this.#staging === 'stored') this.#finishStaging(outcome);
+    else if (this.#staging === 'staging') this.#thenStaged = outcome;
+  }
+
+  /** The transport has stored the staged tasks: let the response's end through. */
+  #stored(receipt: unknown): void {
+    if (this.#staging !== 'staging') {
+      // Stored after the timeout: they were reported and dealt with as not handed off.
+      debug('discarding tasks the transport staged after its timeout');
+      this.#call('discard', receipt, []);
+      return;
+    }
+    if (debug.enabled) debug('staged %d task(s): %s', this.#staged.length, names(this.#staged));
+    this.#staging = 'stored';
+    this.#receipt = receipt;
+    this.#letEndThrough(true);
+    if (this.#thenStaged !== undefined) this.#finishStaging(this.#thenStaged);
+  }
+
+  /**
+   * The transport refused to stage the tasks, or timed out: let the response's end through, or
+   * abort it (`stagingFailure`), then report the tasks.
+   */
+  #stagingFailed(cause: unknown): void {
+    if (this.#staging !== 'staging') return;
+    this.#staging = 'over';
+    const tasks = this.#staged;
+    this.#staged = [];
+    if (this.#thenStaged === 'discard') {
+      // Refused by `runOn: 'success'` meanwhile: nothing to report, nothing to run.
+      this.#letEndThrough(true);
+      this.#settle(tasks.length);
+      return;
+    }
+    const aborted = this.#holding && this.#settings.abortUnstaged;
+    this.#letEndThrough(!aborted);
+    this.#failed(tasks, cause, aborted);
+  }
+
+  /** Releases or discards the stored tasks. */
+  #finishStaging(outcome: 'release' | 'discard'): void {
+    this.#staging = 'over';
+    this.#call(outcome, this.#receipt, this.#staged);
+    this.#staged = [];
+    this.#receipt = undefined;
+  }
+
+  /**
+   * Calls `release()` or `discard()`; `tasks` stay pending until it settles. When it fails the tasks
+   * stay staged, and their lease runs them.
+   */
+  #call(outcome: 'release' | 'discard', receipt: unknown, tasks: Task[]): void {
+    const staging = this.#settings.staging as TaskStaging; // only staged tasks get here
+    const done = (): void => this.#settle(tasks.length);
+    const failed = (error: unknown): void => {
+      debug('%s failed: %s; the staged task(s) run when their lease runs out', outcome, messageOf(error));
+      done();
+    };
+    let settled: unknown;
+    try {
+      settled = outcome === 'release' ? staging.release(receipt) : staging.discard(receipt);
+    } catch (error) {
+      failed(error);
+      return;
+    }
+    void whenSettled(
+      settled,
+      () => {
+        if (debug.enabled && tasks.length > 0) debug('%s %d task(s): %s', outcome === 'release' ? 'released' : 'discarded', tasks.length, names(tasks));
+        done();
+      },
+      failed,
+    );
+  }
+
+  /** Sends the tasks queued so far to the transport. */
+  #send(): void {
+    const tasks = this.#queued;
+    if (tasks.length === 0) return; // given up on by close() since this send was scheduled
+    this.#queued = [];
+    // Set: tasks are put aside for a transport only when there is one.
+    const transport = this.#settings.transport as TaskTransport;
+    let sent: unknown;
+    try {
+      sent = transport.send(handedOff(tasks));
+    } catch (error) {
+      this.#failed(tasks, error, false);
+      return;
+    }
+    void whenSettled(
+      sent,
+      () => {
+        if (debug.enabled) debug('handed off %d task(s): %s', tasks.length, names(tasks));
+        this.#settle(tasks.length);
+      },
+      (error) => this.#failed(tasks, error, false),
+    );
+  }
+
+  /**
+   * Reports each task the transport could not take; with `fallback: 'in-process'`, then runs them here.
+   * @param aborted - whether the response was aborted for it
+   */
+  #failed(tasks: Task[], cause: unknown, aborted: boolean): void {
+    const settings = this.#settings;
+    const fallback = settings.runLocallyOnHandOffFailure;
+    const reason = messageOf(cause);
+    const consequence = aborted
+      ? `, so its response was aborted${fallback ? ' and it runs in this process' : ''}`
+      : fallback ? ', so it runs in this process' : '';
+    for (const task of tasks) {
+      const name = taskName(task.fn);
+      const error = new HandOffError(`Task ${name} could not be handed off${consequence}: ${reason}`, { cause });
+      task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), settings);
+    }
+    if (fallback) this.#runHere(tasks);
+    else this.#settle(tasks.length);
+  }
+
+  /** Stops holding the bytes of the response's end: sends them, or aborts the response. */
+  #letEndThrough(send: boolean): void {
+    if (!this.#holding) return;
+    this.#holding = false;
+    letEndThrough(this.#req.socket, this.#res, send);
+  }
+}
+
+/**
+ * @return what a transport receives of `tasks`
+ * @private
+ */
+function handedOff(tasks: readonly Task[]): HandedOffTask[] {
+  // A defined task's function is named after it.
+  return tasks.map((task) => ({ name: task.fn.name, args: task.args }));
+}
+
+/**
+ * @return the tasks' names, for `debug`
+ * @private
+ */
+function names(tasks: readonly Task[]): string {
+  return tasks.map((task) => taskName(task.fn)).join(', ');
+}
+
+/**
+ * The responses of a connection whose end is held, each with the `write()` calls kept back, and the
+ * connection's own `write`, which one wrapper per connection calls for everything else.
+ * @private
+ */
+interface Holds {
+  readonly write: Socket['write'];
+  readonly ownWrite: boolean;
+  readonly held: Map<Response, unknown[][]>;
+}
+
+/**
+ * The connections with a response whose end is held.
+ * @private
+ */
+const holding = new WeakMap<Socket, Holds>();
+
+/**
+ * Keeps back what `res` writes to its connection from now on: the bytes of its `end()`, and of an
+ * end that another wrapper of `res.end` (compression, a session store) writes later. `res.end()`
+ * itself runs as Node runs it (headers sent, its callback called on `finish`), and `finish` comes
+ * once the bytes have been written. A pipelined response that has no socket yet is caught when it
+ * gets it; the responses before it on the connection write as usual.
+ * @private
+ */
+function holdEnd(connection: Socket, res: Response): void {
+  let holds = holding.get(connection);
+  if (holds === undefined) {
+    holds = { write: connection.write, ownWrite: Object.hasOwn(connection, 'write'), held: new Map() };
+    holding.set(connection, holds);
+    connection.write = writeOrHold as Socket['write'];
+  }
+  holds.held.set(res, []);
+}
+
+/**
+ * The `write` of a connection with a held response: keeps back what that response writes.
+ * @private
+ */
+function writeOrHold(this: Socket, ...args: unknown[]): boolean {
+  const holds = holding.get(this) as Holds; // installed along with its entry, which stays while it is
+  for (const [res, held] of holds.held) {
+    if (res.socket === this) {
+      held.push(args);
+      return true;
+    }
+  }
+  return (holds.write as (...args: unknown[]) => boolean).apply(this, args);
+}
+
+/**
+ * Writes what `res` was kept from writing, unless its connection has closed meanwhile; or, when
+ * `send` is false, destroys the response, so that its client never receives it in full.
+ * @private
+ */
+function letEndThrough(connection: Socket, res: Response, send: boolean): void {
+  const holds = holding.get(connection) as Holds; // held by the caller
+  const held = holds.held.get(res) as unknown[][];
+  holds.held.delete(res);
+  if (holds.held.size === 0 && connection.write === writeOrHold) {
+    holding.delete(connection);
+    if (holds.ownWrite) connection.write = holds.write;
+    else Reflect.deleteProperty(connection, 'write');
+  }
+  if (!send) {
+    res.destroy();
+  } else if (!connection.destroyed && held.length > 0) {
+    // In one go, as end() itself writes them.
+    connection.cork();
+    for (const args of held) (holds.write as (...args: unknown[]) => boolean).apply(connection, args);
+    connection.uncork();
+  }
+}
