@@ -14,8 +14,9 @@ import { type Abandon, debug, report, runTask, Task, taskInfo, taskName, type Ta
 export interface TaskQueue {
   /**
    * Queues `fn(...args)` to run after the response has been flushed, after the tasks queued before it.
-   * The arguments are type-checked against `fn`. With a `transport`, a task made by `defineTask()`
-   * is handed off instead, with the response's other defined tasks, in order.
+   * The arguments are type-checked against `fn`. A task made by `defineTask()` that a `transport`
+   * stores is handed off instead, with the response's other defined tasks, in order; one that a
+   * transport runs (on threads) runs there, in its turn.
    * @param fn - a function, sync or async; called with `this` undefined, so bind methods first
    * @param args - the arguments to call it with; JSON values only when `fn` is a defined task
    * @return this queue, for chaining
@@ -104,9 +105,14 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue {
       if (this.#scheduler.closing) this.closing();
     }
     const task = new Task(fn as (...args: never[]) => unknown, args);
-    const handedOff = durableName !== undefined && this.#scheduler.settings.transport !== undefined;
-    if (handedOff) (this.#toHandOff ??= []).push(task);
-    else this.#append(task);
+    const transport = durableName === undefined ? undefined : this.#scheduler.settings.transportFor(durableName);
+    const handedOff = transport !== undefined && 'send' in transport;
+    if (handedOff) {
+      (this.#toHandOff ??= []).push(task);
+    } else {
+      task.runner = transport;
+      this.#append(task);
+    }
     this.#size++;
     if (debug.enabled) debug('queued %s', taskName(fn));
 

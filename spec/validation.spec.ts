@@ -22,8 +22,14 @@ describe('bad input is refused at once', () => {
     [{ maxPending: -1 }, RangeError, 'Expected `maxPending` to be a positive integer or Infinity, got `-1` (number)'],
     [{ maxPending: 10n }, TypeError, 'got `10n` (bigint)'],
     [{ runOn: 'never' }, TypeError, "Expected `runOn` to be 'always' or 'success', got `never` (string)"],
-    [{ transport: {} }, TypeError, 'Expected `transport` to be an object with a send() method, such as bullmqTransport({ queue }), got `{}` (object)'],
+    [{ transport: {} }, TypeError, 'Expected `transport` to be a transport: an object with either a send() method, such as bullmqTransport({ queue }), or a run() method, such as piscinaTransport({ filename }), got `{}` (object)'],
     [{ transport: null }, TypeError, 'got `null` (object)'],
+    [{ transport: { send() {}, run() {} } }, TypeError, 'Expected `transport` to be a transport: an object with either a send() method'],
+    [{ transport: [{ run() {}, tasks: ['resize'] }, 'redis'] }, TypeError, 'Expected `transport[1]` to be a transport'],
+    [{ transport: { run() {}, tasks: 'resize' } }, TypeError, 'Expected `transport.tasks` to be an array of task names, got `resize` (string)'],
+    [{ transport: [{ run() {}, tasks: [''] }] }, TypeError, 'Expected `transport[0].tasks` to be an array of task names'],
+    [{ transport: [{ run() {} }, { send() {} }] }, TypeError, 'Expected `transport[0]` to be a transport listing the tasks it takes (`tasks`), as it comes before the last'],
+    [{ transport: [{ send() {}, tasks: ['a'] }, { send() {} }] }, TypeError, 'Expected `transport[1]` to be the only transport that stores tasks (one with send())'],
     [{ fallback: 'retry' }, TypeError, "Expected `fallback` to be 'none' or 'in-process', got `retry` (string)"],
   ];
   for (const [options, ErrorClass, message] of invalidOptions) {
