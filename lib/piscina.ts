@@ -5,6 +5,7 @@
 
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { ResourceLimits, Worker, WorkerOptions } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
@@ -13,17 +14,12 @@ import type { ThreadTask } from './piscina-thread.mjs';
 import { debug } from './task.js';
 
 /**
- * piscina's own options, as its constructor takes them.
+ * Options of `piscinaTransport()`: the module of task definitions, and piscina's own pool options,
+ * passed to `new Piscina()` unchanged (declared here rather than taken from piscina's types, which
+ * do not compile with `skipLibCheck` off).
  * @public
  */
-export type PiscinaOptions = NonNullable<ConstructorParameters<typeof Piscina>[0]>;
-
-/**
- * Options of `piscinaTransport()`: the module of task definitions, and piscina's own pool options
- * (`maxThreads`, `minThreads`, `idleTimeout`, `resourceLimits`, `execArgv`, `env`…), passed through.
- * @public
- */
-export interface PiscinaTransportOptions extends Omit<PiscinaOptions, 'filename' | 'name'> {
+export interface PiscinaTransportOptions {
   /**
    * The module the threads load: it exports the `defineTask()` definitions they run, which they
    * find by their defined names. An absolute path, a `file:` URL string, or a `URL`, e.g.
@@ -36,11 +32,38 @@ export interface PiscinaTransportOptions extends Omit<PiscinaOptions, 'filename'
    * @default every defined task (those `filename` does not export fail when they run)
    */
   readonly tasks?: readonly DefinedTask[] | undefined;
+  /** @default half the cores, at least 1 (piscina's default) */
+  readonly minThreads?: number | undefined;
+  /** The most tasks that run at once. @default 1.5 × the cores (piscina's default) */
+  readonly maxThreads?: number | undefined;
+  /** Milliseconds a thread above `minThreads` may stay idle before it exits. @default 0 */
+  readonly idleTimeout?: number | undefined;
+  /** Tasks that may wait for a thread; past it a task fails. @default Infinity */
+  readonly maxQueue?: number | 'auto' | undefined;
+  readonly concurrentTasksPerWorker?: number | undefined;
+  readonly atomics?: 'sync' | 'async' | 'disabled' | undefined;
+  /** Each thread's heap and stack limits: a thread past them is stopped and its task fails. */
+  readonly resourceLimits?: ResourceLimits | undefined;
+  readonly argv?: string[] | undefined;
+  /** Node flags for the threads. @default the process's own (`process.execArgv`) */
+  readonly execArgv?: string[] | undefined;
+  readonly env?: WorkerOptions['env'] | undefined;
+  readonly workerData?: unknown;
+  readonly niceIncrement?: number | undefined;
+  readonly trackUnmanagedFds?: boolean | undefined;
+  readonly closeTimeout?: number | undefined;
+  readonly recordTiming?: boolean | undefined;
+  readonly workerHistogram?: boolean | undefined;
+  readonly stricterFIFO?: boolean | undefined;
+  /** A piscina `TaskQueue`. */
+  readonly taskQueue?: unknown;
+  /** A piscina load balancer. */
+  readonly loadBalancer?: unknown;
 }
 
 /**
- * The transport `piscinaTransport()` makes: a `TaskRunner`, with its pool and a way to wait for
- * the threads to have loaded the module.
+ * What `piscinaTransport()` makes: a `TaskRunner`, with a way to wait for the threads to have
+ * loaded the module, and its pool.
  * @public
  */
 export interface PiscinaTransport extends TaskRunner {
@@ -50,8 +73,23 @@ export interface PiscinaTransport extends TaskRunner {
    * before `app.listen()` to fail at startup rather than at the first task.
    */
   readonly ready: Promise<readonly string[]>;
-  /** The piscina pool, for its statistics (`threads`, `utilization`, `queueSize`, `histogram`). */
-  readonly pool: Piscina;
+  /** The piscina pool itself, here with the statistics worth watching. */
+  readonly pool: PiscinaPool;
+}
+
+/**
+ * Some of what a piscina pool shows about itself.
+ * @public
+ */
+export interface PiscinaPool {
+  /** Its threads now. */
+  readonly threads: readonly Worker[];
+  /** Tasks waiting for a thread. */
+  readonly queueSize: number;
+  /** Tasks run so far, successful or not. */
+  readonly completed: number;
+  /** The share of its capacity it has used, from 0 to 1. */
+  readonly utilization: number;
 }
 
 /**
@@ -78,7 +116,7 @@ export function piscinaTransport(options: PiscinaTransportOptions): PiscinaTrans
   const { filename, tasks, ...poolOptions } = options;
   const module = moduleUrl(filename);
   const names = tasks === undefined ? undefined : namesOf(tasks);
-  const pool = new Piscina({ ...poolOptions, filename: threadModule(), name: 'runTask' });
+  const pool = new Piscina({ ...(poolOptions as ConstructorParameters<typeof Piscina>[0]), filename: threadModule(), name: 'runTask' });
   pool.on('error', (error: unknown) => {
     process.stderr.write(`express-background-tasks: a thread of the piscina pool failed outside any task: ${describeError(error)}\n`);
   });

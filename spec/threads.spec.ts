@@ -2,6 +2,8 @@
 // module spec/fixtures/pool-tasks.ts through tsx, and real HTTP. The core is proven against
 // Express 4 and 5 elsewhere; these specs use Express 5.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import type { Worker } from 'node:worker_threads';
 import { after, describe, test } from 'node:test';
 import express from 'express';
 import { backgroundTasks, defineTask, ShutdownError, TimeoutError, type BackgroundTasksOptions, type TaskInfo, type TaskQueue } from '../lib/index.js';
@@ -16,7 +18,7 @@ const filename = new URL('./fixtures/pool-tasks.js', import.meta.url);
 
 /** Pools a test opened, destroyed after it whatever happened. */
 const pools: PiscinaTransport[] = [];
-after(() => Promise.all(pools.splice(0).map((transport) => transport.pool.destroy())));
+after(() => Promise.all(pools.splice(0).map((transport) => transport.close?.())));
 
 /** A transport on a pool of its own, threads loaded, destroyed after the spec. */
 async function pool(options: Partial<PiscinaTransportOptions> = {}): Promise<PiscinaTransport> {
@@ -163,8 +165,10 @@ describe('piscinaTransport(): defined tasks on a pool of worker threads', () => 
       res.locals.tasks.add(runaway).add(noop);
       res.end();
     });
+    const exited = once(transport.pool.threads[0] as Worker, 'exit');
     await withServer(app, ({ url }) => fetch(`${url}/photos/1`, { method: 'POST' }));
     await tasks.drain();
+    assert.equal(await Promise.race([exited.then(() => 'exited'), delay(0).then(() => 'still running')]), 'exited', 'the thread that ran it ended');
     assert.deepEqual(errors.map(({ error, info }) => [info.name, (error as Error).name, (error as Error).message]), [
       ['runaway', 'TimeoutError', `Task runaway did not settle within ${timeout} ms`],
     ]);
@@ -286,12 +290,14 @@ describe('piscinaTransport(): defined tasks on a pool of worker threads', () => 
       res.end();
     });
     await withServer(app, ({ url }) => fetch(`${url}/photos/1`, { method: 'POST' }));
+    const [thread] = transport.pool.threads as [Worker]; // one thread: the one running `runaway`
+    const exited = once(thread, 'exit');
     const summary = await tasks.close({ timeout: 300 });
     assert.deepEqual(summary, { drained: false, settled: 0, abandoned: 2, pending: 0 });
     assert.deepEqual(errors.map(({ error, info }) => [info.name, (error as Error).name]), [['noop', 'ShutdownError'], ['runaway', 'ShutdownError']]);
     assert.ok(errors.every(({ error }) => error instanceof ShutdownError));
     assert.equal(transport.pool.threads.length, 0, 'the pool is closed');
-    assert.ok((await cpuDuring(300)) < 100, 'the runaway thread is gone');
+    assert.equal(await Promise.race([exited.then(() => 'exited'), delay(1000).then(() => 'still running')]), 'exited', 'the thread that ran it is gone');
   });
 
   test('tasks the module does not run stay elsewhere: plain functions here, and defined tasks a transport does not list', async () => {
