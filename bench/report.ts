@@ -210,8 +210,8 @@ function threadsSection({ measurements: { threads } }: PageInput): string[] {
     `How it scales: this machine has ${cores} cores, shared by the server's event loop, the pool's threads and the load generator.`,
     'The in-process figure is bound to one core whatever the machine. A pool runs as many tasks at once as it has threads, so its',
     'tasks/s grow with `maxThreads` up to the cores left once the event loop has its own: about (cores − 1) × 1000 / (task ms) tasks/s',
-    'on an idle machine. The p99 stays at bare Express\'s as long as the threads leave the event loop a core: with as many busy',
-    'threads as cores (2 on this machine), they take turns with it, which is what the 2-thread p99 shows here.',
+    'on an idle machine. The p99 stays at bare Express\'s as long as the busy threads leave the event loop a core; with as many',
+    'busy threads as cores (2 here), or other processes taking the cores, the threads and the event loop take turns.',
     '',
   ];
 }

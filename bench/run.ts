@@ -20,7 +20,7 @@ import { variants, type VariantId } from './variants.js';
 /** Sized so that the whole run stays under four minutes on a 2-core machine. */
 const settings: LoadSettings = { connections: 50, seconds: 1, warmupSeconds: 1, rounds: 12, profileSeconds: 1.5, pacedRounds: 4, pacedShare: 0.25 };
 /** 50 tasks of 10 ms a second: half of one core, which the event loop alone can still keep up with. */
-const threadSettings: ThreadSettings = { taskMs: 10, rate: 50, seconds: 3, rounds: 4, burst: 150, connections: 16, noops: 2000, memoryThreads: [1, 2, 4] };
+const threadSettings: ThreadSettings = { taskMs: 10, rate: 50, seconds: 3, rounds: 5, burst: 150, connections: 16, noops: 2000, memoryThreads: [1, 2, 4] };
 
 const startedAt = performance.now();
 log('building lib/ (tsconfig.build.json) into .tmp/bench/dist');
