@@ -88,8 +88,9 @@ export interface TaskTransport {
    */
   send(tasks: readonly HandedOffTask[]): PromiseLike<unknown>;
   /**
-   * The names of the defined tasks it takes, when it is one of several transports.
-   * @default every defined task no transport before it takes
+   * The names of the defined tasks it takes, when it is one of several transports. Only the last
+   * of them may leave it out, and then takes every defined task the others do not.
+   * @default every defined task (no transport before it takes)
    */
   readonly tasks?: readonly string[] | undefined;
 }
@@ -111,8 +112,9 @@ export interface TaskRunner {
    */
   run(task: HandedOffTask, options: TaskRunOptions): PromiseLike<unknown>;
   /**
-   * The names of the defined tasks it takes, when it is one of several transports.
-   * @default every defined task no transport before it takes
+   * The names of the defined tasks it takes, when it is one of several transports. Only the last
+   * of them may leave it out, and then takes every defined task the others do not.
+   * @default every defined task (no transport before it takes)
    */
   readonly tasks?: readonly string[] | undefined;
   /**

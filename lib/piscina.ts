@@ -156,8 +156,8 @@ function moduleUrl(filename: unknown): string {
 }
 
 /**
- * @return the names of `tasks`
- * @throws {TypeError} when one is not a defined task, or two share a name
+ * @return the names of `tasks`, each once
+ * @throws {TypeError} when one is not a defined task
  * @private
  */
 function namesOf(tasks: unknown): string[] {
