@@ -76,19 +76,18 @@ export interface ThreadsResult {
 export async function benchThreads(libraryUrl: string, settings: ThreadSettings, progress: (line: string) => void): Promise<ThreadsResult> {
   const iterations = await calibrate(settings.taskMs);
   const servers: { readonly id: ThreadVariantId; readonly child: ChildProcess; readonly port: number; readonly taskMs: number }[] = [];
-  const agent = new Agent({ keepAlive: true, maxSockets: 64 });
   try {
     for (const { id } of threadVariants) {
       const { child, message } = await startChild<ThreadServerReady>('threads-server.ts', [id, libraryUrl, String(iterations)]);
       servers.push({ id, child, port: message.port, taskMs: message.taskMs });
     }
-    for (const { port } of servers) await pacedRun(port, agent, settings.rate, 1, 0); // warm-up
+    for (const { port } of servers) await pacedRun(port, settings.rate, 1, 0); // warm-up
     const runs = Object.fromEntries(threadVariants.map(({ id }) => [id, { p99: [], tasksPerSecond: [], capacity: [] }])) as unknown as Record<ThreadVariantId, ThreadVariantRuns>;
     const handOff = { pool: [] as number[], inProcess: [] as number[] };
     for (let round = 0; round < settings.rounds; round++) {
       const order = round % 2 === 0 ? servers : [...servers].reverse();
       for (const { id, port } of order) {
-        const paced = await pacedRun(port, agent, settings.rate, settings.seconds, round + 1);
+        const paced = await pacedRun(port, settings.rate, settings.seconds, round + 1);
         runs[id].p99.push(paced.p99);
         runs[id].tasksPerSecond.push(paced.tasksPerSecond);
         let line = `threads ${round + 1}/${settings.rounds} ${id.padEnd(9)} p99 ${paced.p99.toFixed(2)} ms  ${paced.tasksPerSecond.toFixed(1)} tasks/s`;
@@ -98,7 +97,7 @@ export async function benchThreads(libraryUrl: string, settings: ThreadSettings,
           line += `  burst ${capacity.toFixed(1)} tasks/s`;
         }
         if (id === 'pool1' || id === 'inProcess') {
-          const micros = await perNoop(port, agent, settings.noops);
+          const micros = await perNoop(port, settings.noops);
           handOff[id === 'pool1' ? 'pool' : 'inProcess'].push(micros);
           line += `  no-op ${micros.toFixed(1)} µs`;
         }
@@ -114,7 +113,6 @@ export async function benchThreads(libraryUrl: string, settings: ThreadSettings,
     const taskMs = servers.find(({ id }) => id === 'inProcess')?.taskMs ?? NaN;
     return { settings, taskMs, runs, handOff, memory };
   } finally {
-    agent.destroy();
     await Promise.all(servers.map(({ child }) => stopChild(child)));
   }
 }
@@ -144,8 +142,7 @@ async function calibrate(taskMs: number): Promise<number> {
  * @return the p99 response time from each request's scheduled start, and the tasks completed
  *   per second from the first request until the last task had run
  */
-async function pacedRun(port: number, agent: Agent, rate: number, seconds: number, seed: number): Promise<{ p99: number; tasksPerSecond: number }> {
-  const before = await completed(port, agent);
+async function pacedRun(port: number, rate: number, seconds: number, seed: number): Promise<{ p99: number; tasksPerSecond: number }> {
   const random = mulberry32(seed);
   const schedule: number[] = [];
   for (let at = 0; ;) {
@@ -153,14 +150,17 @@ async function pacedRun(port: number, agent: Agent, rate: number, seconds: numbe
     if (at > seconds * 1000) break;
     schedule.push(at);
   }
-  const startedAt = performance.now();
-  const responseTimes = await Promise.all(schedule.map(async (at) => {
-    await sleep(Math.max(0, startedAt + at - performance.now()));
-    await getText(port, '/task', agent);
-    return performance.now() - (startedAt + at);
-  }));
-  const tasks = (await completed(port, agent)) - before;
-  return { p99: percentile(responseTimes, 99), tasksPerSecond: tasks / ((performance.now() - startedAt) / 1000) };
+  return withAgent(64, async (agent) => {
+    const before = await completed(port, agent);
+    const startedAt = performance.now();
+    const responseTimes = await Promise.all(schedule.map(async (at) => {
+      await sleep(Math.max(0, startedAt + at - performance.now()));
+      await getText(port, '/task', agent);
+      return performance.now() - (startedAt + at);
+    }));
+    const tasks = (await completed(port, agent)) - before;
+    return { p99: percentile(responseTimes, 99), tasksPerSecond: tasks / ((performance.now() - startedAt) / 1000) };
+  });
 }
 
 /**
@@ -169,8 +169,7 @@ async function pacedRun(port: number, agent: Agent, rate: number, seconds: numbe
  * @return tasks completed per second, from the first request until the last task had run
  */
 async function burst(port: number, count: number, connections: number): Promise<number> {
-  const agent = new Agent({ keepAlive: true, maxSockets: connections });
-  try {
+  return withAgent(connections, async (agent) => {
     const before = await completed(port, agent);
     const startedAt = performance.now();
     let sent = 0;
@@ -182,20 +181,33 @@ async function burst(port: number, count: number, connections: number): Promise<
     }));
     const tasks = (await completed(port, agent)) - before;
     return tasks / ((performance.now() - startedAt) / 1000);
-  } finally {
-    agent.destroy();
-  }
+  });
 }
 
 /**
  * @return µs per task for `count` no-op tasks queued on one response, run one after another
  */
-async function perNoop(port: number, agent: Agent, count: number): Promise<number> {
-  await completed(port, agent);
-  const startedAt = performance.now();
-  await getText(port, `/noops/${count}`, agent);
-  await completed(port, agent);
-  return ((performance.now() - startedAt) * 1000) / count;
+async function perNoop(port: number, count: number): Promise<number> {
+  return withAgent(1, async (agent) => {
+    await completed(port, agent);
+    const startedAt = performance.now();
+    await getText(port, `/noops/${count}`, agent);
+    await completed(port, agent);
+    return ((performance.now() - startedAt) * 1000) / count;
+  });
+}
+
+/**
+ * Runs `use` with keep-alive connections of its own, closed after it: a connection kept between two
+ * measurements could be closed by the server's `keepAliveTimeout` just as it is reused.
+ */
+async function withAgent<T>(connections: number, use: (agent: Agent) => Promise<T>): Promise<T> {
+  const agent = new Agent({ keepAlive: true, maxSockets: connections });
+  try {
+    return await use(agent);
+  } finally {
+    agent.destroy();
+  }
 }
 
 /** @return the tasks the server has run so far, once none is pending */
