@@ -1,3 +1,4 @@
+import os from 'node:os';
 import type { LoadSettings } from './http.js';
 import { formatInterval, formatValue, percent, table } from './markdown.js';
 import { noteFor } from './notes.js';
@@ -41,6 +42,7 @@ export function explainMisses(missed: readonly Target[], measurements: Measureme
       lines.push(`For comparison, an empty middleware measured ${formatValue(passThrough.median, '×')} bare Express in the same run (${formatInterval(passThrough, '×')}).`, '');
     }
     if (target.id === 'p99') lines.push(...latencyNote(measurements, settings));
+    if (target.id.startsWith('pool')) lines.push(...poolNote(measurements));
     if (target.id === 'sync' && evidence.queue !== undefined) lines.push(...queueProfileNote(evidence.queue, measurements));
     const profiled = (target.servers ?? []).filter((id) => evidence.servers[id] !== undefined);
     if (profiled.length > 0) lines.push(...serverProfileNote(profiled, evidence, settings));
@@ -61,6 +63,21 @@ function latencyNote({ http }: Measurements, settings: LoadSettings): string[] {
   ];
   if (p99 < 50) lines.push(`Responses do not wait for their task: 99 % took under ${p99.toFixed(2)} ms, less than the 50 ms the task sleeps.`);
   return [...lines, ''];
+}
+
+/**
+ * @return what the thread-pool runs measured, and what shares the machine's cores with the pool
+ */
+function poolNote({ threads: { runs } }: Measurements): string[] {
+  const p99 = (id: keyof typeof runs): string => `${median(runs[id].p99).toFixed(1)} ms`;
+  const capacity = (id: keyof typeof runs): string => `${median(runs[id].capacity).toFixed(1)}`;
+  return [
+    `Median p99 at the paced rate: ${p99('bare')} bare, ${p99('pool1')} with 1 thread, ${p99('pool2')} with 2, ${p99('inProcess')} in-process.`,
+    `Tasks per second of a burst: ${capacity('pool1')} with 1 thread, ${capacity('pool2')} with 2, ${capacity('inProcess')} in-process.`,
+    `The server's event loop, the pool's threads and the load generator share this machine's ${os.availableParallelism()} cores: a thread busy`,
+    'with a task takes a core from the other two, and with as many busy threads as cores they take turns (see [Thread pool](#thread-pool)).',
+    '',
+  ];
 }
 
 /**

@@ -6,6 +6,7 @@ import type { LoadSettings } from './http.js';
 import { formatInterval, formatValue, table } from './markdown.js';
 import { median, ratio, summarize } from './stats.js';
 import type { Measurements, Target } from './targets.js';
+import { threadVariants } from './threads.js';
 import { labelOf, variants } from './variants.js';
 
 /** Everything the page shows. */
@@ -55,7 +56,7 @@ export function renderPage(input: PageInput): { markdown: string; svg: string } 
     '',
     '## Targets',
     '',
-    table(['Target (issues 4, 11)', 'Goal', 'Median', 'Confidence interval', 'Result'], targets.map((target) => [
+    table(['Target (issues 4, 10, 11)', 'Goal', 'Median', 'Confidence interval', 'Result'], targets.map((target) => [
       target.label,
       `${target.goal.bound === 'at least' ? '≥' : '≤'} ${formatValue(target.goal.value, target.unit)}`,
       formatValue(target.measured.median, target.unit),
@@ -69,12 +70,14 @@ export function renderPage(input: PageInput): { markdown: string; svg: string } 
     ...handOffSection(input),
     ...queueSection(input),
     ...memorySection(input),
+    ...threadsSection(input),
     ...(missed.length === 0 ? [] : explainMisses(missed, input.measurements, input.evidence, input.settings)),
     '## Reproduce',
     '',
-    '`npm run bench` writes this page and its chart. The code is in the repository’s `bench/`: `run.ts` runs the steps;',
-    '`servers.ts`, `queue.ts` and `memory.ts` are the child processes; `http.ts` drives autocannon. The library is',
-    'compiled with `tsconfig.build.json` first, so the numbers are those of the shipped JavaScript.',
+    '`npm run bench` writes this page and its chart. The code is in [`bench/`](../bench): `run.ts` runs the steps;',
+    '`servers.ts`, `queue.ts`, `memory.ts`, `threads-server.ts` and `threads-memory.ts` are the child processes; `http.ts`',
+    'drives autocannon, `threads.ts` the thread-pool runs. The library is compiled with `tsconfig.build.json` first,',
+    'so the numbers are those of the shipped JavaScript, and the pool\'s threads load compiled JavaScript too.',
     '',
   ].join('\n');
   const subtitle = `${day} · Node.js ${process.version} · ${os.cpus().length} cores`;
@@ -203,6 +206,50 @@ function memorySection({ measurements: { memory } }: PageInput): string[] {
       row('`tasks.add(fn)`', memory.noArguments),
       row('`tasks.add(fn, a, b)`', memory.twoArguments),
     ]),
+    '',
+  ];
+}
+
+/**
+ * @return the thread-pool section: latency and tasks per second of each server, the cost of a
+ *   hand-off, the memory per thread, and how the figures scale
+ */
+function threadsSection({ measurements: { threads } }: PageInput): string[] {
+  const { settings, runs, taskMs, handOff, memory } = threads;
+  const cores = os.availableParallelism();
+  const rows = threadVariants.map(({ id, label }) => {
+    const toBare = ratio(runs[id].p99, runs.bare.p99);
+    const toInProcess = id === 'bare' ? undefined : ratio(runs[id].capacity, runs.inProcess.capacity);
+    return [
+      label,
+      `${median(runs[id].p99).toFixed(1)} ms`,
+      id === 'bare' ? '1' : `${formatValue(toBare.median, '×')} (${formatInterval(toBare, '×')})`,
+      id === 'bare' ? '' : median(runs[id].tasksPerSecond).toFixed(1),
+      toInProcess === undefined ? '' : `${median(runs[id].capacity).toFixed(1)} (${formatValue(toInProcess.median, '×')} in-process)`,
+    ];
+  });
+  const perThread = memory.map(({ threads: count, bytesPerThread }) => `${(bytesPerThread / 2 ** 20).toFixed(1)} MiB with ${count}`).join(', ');
+  return [
+    '## Thread pool',
+    '',
+    `Issue 10: \`piscinaTransport()\` from \`express-background-tasks/piscina\`. Each request queues a task of ${taskMs.toFixed(1)} ms of synchronous`,
+    `CPU work (a loop calibrated to ${settings.taskMs} ms, timed in the in-process server), which runs on the event loop, or on a pool of`,
+    `1 or 2 threads (\`minThreads\` = \`maxThreads\`). Paced runs: ${settings.rate} requests/s on average with Poisson arrivals (independent clients; the`,
+    `same seeded schedule for every server of a round) for ${settings.seconds} s, the response time taken from each request's scheduled start.`,
+    `Bursts: ${settings.burst} requests over ${settings.connections} connections as fast as they are answered, tasks/s counted until the last task has run.`,
+    `${settings.rounds} rounds, the order walked backwards every other round; ratios within a round.`,
+    '',
+    table(['Server', 'p99 at the paced rate (median)', '÷ bare Express', 'tasks/s at the paced rate', 'tasks/s of a burst'], rows),
+    '',
+    `A hand-off to the pool: ${median(handOff.pool).toFixed(0)} µs per no-op task, ${settings.noops.toLocaleString('en-US')} of them queued on one response and run one after another`,
+    `(a round trip to the thread and back for each), against ${median(handOff.inProcess).toFixed(1)} µs in this process. Memory: the process's RSS grows by`,
+    `${perThread} threads, each thread having loaded the tasks module and run a task (\`threads-memory.ts\`).`,
+    '',
+    `How it scales: this machine has ${cores} cores, shared by the server's event loop, the pool's threads and the load generator.`,
+    'The in-process figure is bound to one core whatever the machine. A pool runs as many tasks at once as it has threads, so its',
+    'tasks/s grow with `maxThreads` up to the cores left once the event loop has its own: about (cores − 1) × 1000 / (task ms) tasks/s',
+    'on an idle machine. The p99 stays at bare Express\'s as long as the busy threads leave the event loop a core; with as many',
+    'busy threads as cores (2 here), or other processes taking the cores, the threads and the event loop take turns.',
     '',
   ];
 }

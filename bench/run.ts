@@ -1,7 +1,8 @@
 /**
- * `npm run bench`: builds the library, runs the HTTP, queue and memory benchmarks (each in child
- * processes on 127.0.0.1), profiles what missed its target, and writes `docs/benchmarks.md` with
- * its chart `docs/benchmarks.svg`. The BullMQ variants need `redis-server` installed, or `REDIS_URL`.
+ * `npm run bench`: builds the library, runs the HTTP, queue, memory and thread-pool benchmarks
+ * (each in child processes on 127.0.0.1), profiles what missed its target, and writes
+ * `docs/benchmarks.md` with its chart `docs/benchmarks.svg`. The BullMQ variants need
+ * `redis-server` installed, or `REDIS_URL`.
  */
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -16,11 +17,14 @@ import { summarizeProfile, type CallFrame, type CpuProfile } from './profile.js'
 import type { QueueResult } from './queue.js';
 import { renderPage } from './report.js';
 import { evaluateTargets, type Target } from './targets.js';
+import { benchThreads, type ThreadSettings } from './threads.js';
 import { variants, type VariantId } from './variants.js';
 import type { Redis } from '../spec/support/redis.js';
 
-/** Sized so that the whole run stays under three minutes on a 2-core machine. */
+/** Sized so that the whole run stays under four minutes on a 2-core machine. */
 const settings: LoadSettings = { connections: 50, seconds: 1, warmupSeconds: 1, rounds: 12, profileSeconds: 1.5, pacedRounds: 4, pacedShare: 0.25 };
+/** 50 tasks of 10 ms a second: half of one core, which the event loop alone can still keep up with. */
+const threadSettings: ThreadSettings = { taskMs: 10, rate: 50, seconds: 3, rounds: 5, burst: 150, connections: 16, noops: 2000, memoryThreads: [1, 2, 4] };
 
 const startedAt = performance.now();
 const redis = await startRedis();
@@ -33,7 +37,9 @@ log('queue: 1,000,000 tasks through one response queue and through a plain loop'
 const queue = await runChild<QueueResult>('queue.ts', [libraryUrl, 'measure'], ['--expose-gc']);
 log('memory: heap per queued task');
 const memory = await runChild<MemoryResult>('memory.ts', [libraryUrl], ['--expose-gc']);
-const measurements = { http, queue, memory };
+log(`thread pool: a ${threadSettings.taskMs} ms CPU task per request, ${threadSettings.rate} req/s, ${threadSettings.rounds} rounds`);
+const threads = await benchThreads(libraryUrl, threadSettings, log);
+const measurements = { http, queue, memory, threads };
 const targets = evaluateTargets(measurements);
 const evidence = await profileMisses(targets);
 const jobs = new Queue('bench-hand-off', { connection: { host: redis.host, port: redis.port } });

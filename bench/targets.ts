@@ -2,6 +2,7 @@ import type { VariantRuns } from './http.js';
 import type { MemoryResult } from './memory.js';
 import type { QueueResult } from './queue.js';
 import { ratio, summarize, type Summary } from './stats.js';
+import type { ThreadsResult } from './threads.js';
 import type { VariantId } from './variants.js';
 
 /** Everything the measuring steps produced. */
@@ -9,6 +10,7 @@ export interface Measurements {
   readonly http: Readonly<Record<VariantId, VariantRuns>>;
   readonly queue: QueueResult;
   readonly memory: MemoryResult;
+  readonly threads: ThreadsResult;
 }
 
 /** A bound a measurement must keep. */
@@ -17,9 +19,9 @@ export interface Goal {
   readonly value: number;
 }
 
-/** One target of issues 4 and 11 and how the run did against it. */
+/** One target of issues 4, 10 and 11 and how the run did against it. */
 export interface Target {
-  readonly id: 'idle' | 'one' | 'ten' | 'sync' | 'p99' | 'memory' | 'staged';
+  readonly id: 'idle' | 'one' | 'ten' | 'sync' | 'p99' | 'memory' | 'staged' | 'poolP99' | 'poolP99Two' | 'poolTasks' | 'poolTasksTwo';
   /** What is compared, for tables and the chart. */
   readonly label: string;
   readonly measured: Summary;
@@ -35,12 +37,12 @@ export interface Target {
 }
 
 /**
- * Judges the measurements against the targets of issues 4 and 11. Ratios are taken round by round
- * (or repetition by repetition) and summed up by their median.
- * @param measurements - the results of the HTTP, queue and memory benchmarks
- * @return the targets, in the issue's order
+ * Judges the measurements against the targets of issue 4, then those of issues 10 and 11. Ratios are taken
+ * round by round (or repetition by repetition) and summed up by their median.
+ * @param measurements - the results of the HTTP, queue, memory and thread-pool benchmarks
+ * @return the targets, in the issues' order
  */
-export function evaluateTargets({ http, queue, memory }: Measurements): Target[] {
+export function evaluateTargets({ http, queue, memory, threads: { runs } }: Measurements): Target[] {
   const throughput = (numerator: VariantId, denominator: VariantId): Summary => ratio(http[numerator].throughput, http[denominator].throughput);
   return [
     judge({
@@ -70,6 +72,22 @@ export function evaluateTargets({ http, queue, memory }: Measurements): Target[]
     judge({
       id: 'staged', label: 'staged hand-off ÷ the same defined task in-process (req/s)', unit: '×', servers: ['staged', 'definedInProcess'],
       measured: throughput('staged', 'definedInProcess'), goal: { bound: 'at least', value: 0.8 },
+    }),
+    judge({
+      id: 'poolP99', label: '10 ms CPU task on the pool, 1 thread ÷ bare Express (p99 latency at a fixed rate)', unit: '×',
+      measured: ratio(runs.pool1.p99, runs.bare.p99), goal: { bound: 'at most', value: 1.2 },
+    }),
+    judge({
+      id: 'poolP99Two', label: '10 ms CPU task on the pool, 2 threads ÷ bare Express (p99 latency at a fixed rate)', unit: '×',
+      measured: ratio(runs.pool2.p99, runs.bare.p99), goal: { bound: 'at most', value: 1.2 },
+    }),
+    judge({
+      id: 'poolTasks', label: 'pool, 1 thread ÷ in-process (tasks/s of a burst)', unit: '×',
+      measured: ratio(runs.pool1.capacity, runs.inProcess.capacity), goal: { bound: 'at least', value: 1 },
+    }),
+    judge({
+      id: 'poolTasksTwo', label: 'pool, 2 threads ÷ in-process (tasks/s of a burst)', unit: '×',
+      measured: ratio(runs.pool2.capacity, runs.inProcess.capacity), goal: { bound: 'at least', value: 1 },
     }),
   ];
 }

@@ -2,6 +2,8 @@
 // requests over HTTP. The timeline shows when each thing happened, in ms since the first request.
 // npm run demo -- --bullmq: the same handlers, but the tasks go to Redis through BullMQ and a
 // worker runs them (needs redis-server installed, or REDIS_URL).
+// npm run demo -- --threads: a CPU-heavy task (examples/thumbnails.ts) runs on a pool of worker
+// threads (piscina) while the server keeps answering at once.
 // Copy freely: in your app, import from 'express-background-tasks'.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -12,8 +14,13 @@ import { type Job, Queue } from 'bullmq';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { backgroundTasks, defineTask } from '../lib/index.js';
 import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
+import { piscinaTransport } from '../lib/piscina.js';
+import { makeThumbnail } from './thumbnails.js';
 
 const useBullmq = process.argv.includes('--bullmq');
+const useThreads = process.argv.includes('--threads');
+/** How long makeThumbnail keeps its thread busy. */
+const THUMBNAIL_CPU_MS = 600;
 const runner = useBullmq ? 'worker' : 'task';
 
 // The background work: stand-ins for an email API, an analytics service and a file import.
@@ -63,8 +70,13 @@ const jobsDone = new Promise<void>((resolve) => {
 
 // The app: each route answers at once and leaves the slow work to res.locals.tasks.
 
+// With --threads: defined tasks run on one worker thread, which loads examples/thumbnails.ts.
+const threads = useThreads ? piscinaTransport({ filename: new URL('./thumbnails.js', import.meta.url), maxThreads: 1 }) : undefined;
+await threads?.ready; // fails here, at startup, if the threads cannot load the module
+
 const tasks = backgroundTasks({
   ...(queue && { transport: bullmqTransport({ queue }) }),
+  ...(threads && { transport: threads }),
   onError(error, { name, req }) {
     const message = error instanceof Error ? error.message : String(error);
     log('onError', `${name} failed (${req.method} ${req.originalUrl}): ${message}`);
@@ -81,6 +93,15 @@ app.post('/items/:id', (req, res) => {
   res.status(201).json({ id });
 });
 
+app.post('/photos/:photo', (req, res) => {
+  res.locals.tasks.add(makeThumbnail, req.params.photo, THUMBNAIL_CPU_MS, performance.timeOrigin + t0);
+  res.status(202).json({ photo: req.params.photo, status: 'making a thumbnail' });
+});
+
+app.get('/status', (_req, res) => {
+  res.json({ pending: tasks.pending });
+});
+
 app.post('/imports/:file', (req, res) => {
   const { file } = req.params;
   res.locals.tasks.add(importContacts, file).add(deleteUpload, file);
@@ -93,7 +114,15 @@ const server = app.listen(0, '127.0.0.1');
 await once(server, 'listening');
 const { port } = server.address() as AddressInfo;
 
-console.log(useBullmq
+console.log(useThreads
+  ? `express-background-tasks demo, --threads: Express 5 on http://127.0.0.1:${port}.
+
+POST /photos/:photo queues makeThumbnail, ${THUMBNAIL_CPU_MS} ms of synchronous CPU work: in this process it
+would stop every response behind it. backgroundTasks({ transport: piscinaTransport({ filename }) })
+runs it on a worker thread instead, which loads examples/thumbnails.ts and finds the task by its
+name. Watch the client's GET /status calls: each is answered in a few ms while the thread works.
+`
+  : useBullmq
   ? `express-background-tasks demo, --bullmq: Express 5 on http://127.0.0.1:${port}, Redis on ${connection.host}:${connection.port}.
 
 The handlers are the same as in the plain demo. The one change is backgroundTasks({ transport:
@@ -113,16 +142,27 @@ library's own trace; npm run demo -- --bullmq runs the same tasks through Redis.
 `);
 
 const t0 = performance.now();
-await send('POST', '/items/1');
-await send('POST', '/items/2');
-await send('POST', '/imports/contacts.csv');
-log('client', `has all 3 responses; ${tasks.pending} tasks are still queued or running`);
+if (useThreads) {
+  await send('POST', '/photos/cat.jpg');
+  for (let call = 0; call < 5; call++) {
+    await sleep(120);
+    await send('GET', '/status');
+  }
+} else {
+  await send('POST', '/items/1');
+  await send('POST', '/items/2');
+  await send('POST', '/imports/contacts.csv');
+  log('client', `has all 3 responses; ${tasks.pending} tasks are still queued or running`);
+}
 
 // Graceful shutdown: stop accepting connections, then wait for every queued task.
 server.close();
 server.closeIdleConnections();
 await tasks.drain();
-if (worker === undefined) {
+if (threads !== undefined) {
+  await tasks.close(); // closes the pool: its thread exits
+  log('server', 'closed: tasks.drain() resolved once the thumbnail was made, and tasks.close() closed the pool');
+} else if (worker === undefined) {
   log('server', 'closed, and tasks.drain() resolved: every task has settled');
 } else {
   log('server', 'closed, and tasks.drain() resolved: every job is in Redis');
@@ -133,11 +173,12 @@ if (worker === undefined) {
   log('worker', 'closed: all 3 jobs have run');
 }
 
-/** Sends a request to the demo server and logs the response as the client sees it. */
+/** Sends a request to the demo server and logs the response as the client sees it, with its time. */
 async function send(method: string, path: string): Promise<void> {
+  const sentAt = performance.now();
   const response = await fetch(`http://127.0.0.1:${port}${path}`, { method });
   const body = await response.text();
-  log('client', `${column(`${method} ${path}`)}  got ${response.status} ${body}`);
+  log('client', `${column(`${method} ${path}`)}  got ${response.status} ${body} in ${Math.round(performance.now() - sentAt)} ms`);
 }
 
 /** Middleware: logs each request as it arrives, and again once its response has been sent. */

@@ -31,6 +31,9 @@ declare namespace backgroundTasks {
   export type TaskQueue = exported.TaskQueue;
   export type TaskTraceContext = exported.TaskTraceContext;
   export type TaskTransport = exported.TaskTransport;
+  export type TaskStaging = exported.TaskStaging;
+  export type TaskRunOptions = exported.TaskRunOptions;
+  export type TaskRunner = exported.TaskRunner;
 
   export import defineTask = exported.defineTask;
   export import HandOffError = exported.HandOffError;

@@ -7,7 +7,7 @@ import type { TaskQueue } from './queue.js';
 
 export { backgroundTasks, backgroundTasks as default } from './middleware.js';
 export type { BackgroundTasksMiddleware } from './middleware.js';
-export type { BackgroundTasksOptions, HandedOffTask, TaskInfo, TaskStaging, TaskTransport } from './options.js';
+export type { BackgroundTasksOptions, HandedOffTask, TaskInfo, TaskRunner, TaskRunOptions, TaskStaging, TaskTransport } from './options.js';
 export { defineTask } from './definition.js';
 export type { DefinedTask } from './definition.js';
 export type { TaskQueue } from './queue.js';

@@ -14,7 +14,7 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
   /**
    * Resolves once no task of any response is queued or running, counting tasks added while it
    * waits. Resolves at once when idle. A task that timed out no longer counts, though its work may
-   * go on. Stop accepting requests first (`server.close()`).
+   * go on in this process (on a thread pool it is stopped). Stop accepting requests first (`server.close()`).
    */
   drain(): Promise<void>;
   /** Tasks queued or running, across all responses served by this middleware. */
@@ -23,7 +23,8 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
    * Shuts down for a process about to exit: every response served from now on carries
    * `Connection: close`, so keep-alive clients move on; pending tasks, and those the requests in
    * flight add, run until `timeout`; the rest are reported to `onError` as `ShutdownError`s (their
-   * signals aborted). Tasks added after it resolved are reported, not run. Call it beside
+   * signals aborted, those on a thread pool stopped). Then it closes the transports that run tasks
+   * (their threads). Tasks added after it resolved are reported, not run. Call it beside
    * `server.close()`; calling it again returns the same promise.
    * @param options - `{ timeout }`, in ms (default 10000)
    * @return what became of the pending tasks

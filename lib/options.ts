@@ -16,15 +16,17 @@ export interface BackgroundTasksOptions {
   readonly onError?: ((error: unknown, info: TaskInfo) => unknown) | undefined;
   /**
    * Milliseconds a task that returned a promise may run before it is reported as a `TimeoutError`
-   * and its queue moves on. A task made by `withSignal()` has its signal aborted then; any other
-   * task's work goes on unobserved. A synchronous task cannot be timed out.
+   * and its queue moves on. A task made by `withSignal()` has its signal aborted then, and a task a
+   * runner runs (`piscinaTransport()`) is stopped; any other task's work goes on unobserved. A
+   * synchronous task in this process cannot be timed out.
    * @default Infinity
    */
   readonly timeout?: number | undefined;
   /**
    * Tasks that may run at once across all responses served by this middleware; the rest wait in
    * FIFO order. The tasks of one response always run one at a time. A task that timed out no
-   * longer counts, though its work may go on.
+   * longer counts, though its work may go on in this process. A task a runner runs holds its slot
+   * while it waits for the runner too: set it to the pool's size to have tasks wait here, in order.
    * @default Infinity
    */
   readonly concurrency?: number | undefined;
@@ -53,16 +55,23 @@ export interface BackgroundTasksOptions {
    */
   readonly around?: ((info: TaskInfo, run: () => unknown) => unknown) | undefined;
   /**
-   * Where tasks made by `defineTask()` go instead of running here, e.g. `bullmqTransport({ queue })`
-   * from `express-background-tasks/bullmq`. A response's defined tasks are handed off together, in
+   * Where tasks made by `defineTask()` go instead of running here: a transport that stores them for
+   * workers elsewhere (`bullmqTransport({ queue })` from `express-background-tasks/bullmq`), or one
+   * that runs them (`piscinaTransport({ filename })` from `express-background-tasks/piscina`), or a
+   * list of such transports, each taking the defined tasks its `tasks` names (the last may take all
+   * the others), at most one of them storing. A response's stored tasks are handed off together, in
    * the order they were added: with a transport that has `staging`, stored before the response's
-   * end is let through and released to workers once it has been flushed; otherwise sent once it has
-   * been flushed. Plain functions always run here.
+   * end is let through and released to workers once it has been flushed; otherwise sent once it
+   * has been flushed. Tasks a runner takes run in their turn in the response's queue, like the
+   * functions that run here. Plain functions always run here.
    * @default none: defined tasks run in this process too
+   * @example
+   * backgroundTasks({ transport: [piscinaTransport({ filename, tasks: [makeThumbnail] }), bullmqTransport({ queue })] })
    */
-  readonly transport?: TaskTransport | undefined;
+  readonly transport?: TaskTransport | TaskRunner | readonly (TaskTransport | TaskRunner)[] | undefined;
   /**
-   * What happens to defined tasks the `transport` could not take. Either way each is reported to
+   * What happens to defined tasks the `transport` that stores them could not take (a runner's task
+   * that fails is reported as itself, and never runs again). Either way each is reported to
    * `onError` as a `HandOffError`. `'none'`: nothing more. `'in-process'`: they then run here,
    * after the response's other tasks.
    * @default 'none'
@@ -97,6 +106,12 @@ export interface TaskTransport {
    * it has been flushed. Without it, they are sent once the response has been flushed.
    */
   readonly staging?: TaskStaging | undefined;
+  /**
+   * The names of the defined tasks it takes, when it is one of several transports. Only the last
+   * of them may leave it out, and then takes every defined task the others do not.
+   * @default every defined task (no transport before it takes)
+   */
+  readonly tasks?: readonly string[] | undefined;
 }
 
 /**
@@ -130,6 +145,44 @@ export interface TaskStaging {
    * @param receipt - what `stage()` resolved to
    */
   discard(receipt: unknown): PromiseLike<unknown>;
+}
+
+/**
+ * Runs defined tasks off the event loop (on a pool of threads, say) and tells how each went. A task
+ * it takes stays in its response's queue: it runs in its turn, counts in `pending` and `drain()`
+ * until it has run, holds a `concurrency` slot meanwhile, and its failure or `timeout` is reported
+ * to `onError` as its own.
+ * @public
+ */
+export interface TaskRunner {
+  /**
+   * Runs one task.
+   * @param task - its name and JSON arguments
+   * @param options - `signal` aborts, with the `TimeoutError` or `ShutdownError` as its reason, when
+   *   the task's `timeout` passes or `close()` gives up on it: stop the work then
+   * @return a promise that resolves once the task has succeeded and rejects with its error
+   */
+  run(task: HandedOffTask, options: TaskRunOptions): PromiseLike<unknown>;
+  /**
+   * The names of the defined tasks it takes, when it is one of several transports. Only the last
+   * of them may leave it out, and then takes every defined task the others do not.
+   * @default every defined task (no transport before it takes)
+   */
+  readonly tasks?: readonly string[] | undefined;
+  /**
+   * Called by the middleware's `close()` once every task has settled or been given up on: stops
+   * what runs the tasks (the threads), so that the process can exit.
+   */
+  close?(): PromiseLike<unknown>;
+}
+
+/**
+ * What `TaskRunner.run()` receives besides the task.
+ * @public
+ */
+export interface TaskRunOptions {
+  /** Aborts when the task times out or is abandoned at the deadline of `close()`. */
+  readonly signal: AbortSignal;
 }
 
 /**
@@ -177,10 +230,15 @@ export interface Settings {
   readonly concurrency: number;
   readonly maxPending: number;
   readonly dropOnFailure: boolean;
+  /** The transport that stores defined tasks, if one does. */
   readonly transport: TaskTransport | undefined;
   /** The transport's two-phase form, and its `timeout`, read once. */
   readonly staging: TaskStaging | undefined;
   readonly stagingTimeout: number;
+  /** The transports that run defined tasks, for `close()`. */
+  readonly runners: readonly TaskRunner[];
+  /** The transport that takes the defined task `name`, or `undefined` when it runs here. */
+  readonly transportFor: (name: string) => TaskTransport | TaskRunner | undefined;
   readonly runLocallyOnHandOffFailure: boolean;
   readonly abortUnstaged: boolean;
 }
@@ -218,15 +276,13 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
   if (runOn !== 'always' && runOn !== 'success') {
     throw new TypeError(invalid('runOn', "'always' or 'success'", runOn));
   }
-  if (transport !== undefined && typeof (transport as Partial<TaskTransport> | null)?.send !== 'function') {
-    throw new TypeError(invalid('transport', 'an object with a send() method, such as bullmqTransport({ queue })', transport));
-  }
   if (fallback !== 'none' && fallback !== 'in-process') {
     throw new TypeError(invalid('fallback', "'none' or 'in-process'", fallback));
   }
   if (stagingFailure !== 'abort' && stagingFailure !== 'respond') {
     throw new TypeError(invalid('stagingFailure', "'abort' or 'respond'", stagingFailure));
   }
+  const transports = resolveTransports(transport);
   return {
     onError,
     around,
@@ -234,8 +290,8 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     concurrency: checkCount('concurrency', concurrency),
     maxPending: checkCount('maxPending', maxPending),
     dropOnFailure: runOn === 'success',
-    transport,
-    ...checkStaging(transport?.staging),
+    ...transports,
+    ...checkStaging(transports.transport?.staging),
     runLocallyOnHandOffFailure: fallback === 'in-process',
     abortUnstaged: stagingFailure === 'abort',
   };
@@ -312,6 +368,65 @@ function checkStaging(staging: TaskStaging | undefined): Pick<Settings, 'staging
     throw new TypeError(invalid('transport.staging', 'an object with stage(), release() and discard() methods and a timeout', staging));
   }
   return { staging, stagingTimeout: checkTimeout(staging.timeout, false, 'transport.staging.timeout') };
+}
+
+/**
+ * Checks the `transport` option and works out which transport takes which defined task: the first
+ * whose `tasks` names it, or else the one that names none, which must come last.
+ * @param option - the `transport` option: one transport, a list of them, or `undefined`
+ * @return the transport that stores, the runners, and the lookup by task name
+ * @throws {TypeError} for something that is not a transport, a `tasks` that is not a list of
+ *   names, a transport taking every task before the last, or two transports that store
+ * @private
+ */
+function resolveTransports(option: BackgroundTasksOptions['transport']): Pick<Settings, 'transport' | 'runners' | 'transportFor'> {
+  const list: readonly unknown[] = option === undefined ? [] : Array.isArray(option) ? option : [option];
+  const byName = new Map<string, TaskTransport | TaskRunner>();
+  let rest: TaskTransport | TaskRunner | undefined;
+  let store: TaskTransport | undefined;
+  const runners: TaskRunner[] = [];
+  list.forEach((candidate, index) => {
+    const label = Array.isArray(option) ? `transport[${index}]` : 'transport';
+    const transport = checkTransport(label, candidate);
+    if ('send' in transport) {
+      if (store !== undefined) throw new TypeError(invalid(label, 'the only transport that stores tasks (one with send())', transport));
+      store = transport;
+    } else {
+      runners.push(transport);
+    }
+    if (transport.tasks === undefined) {
+      if (index !== list.length - 1) {
+        throw new TypeError(invalid(label, 'a transport listing the tasks it takes (`tasks`), as it comes before the last and would leave the ones after it none', transport));
+      }
+      rest = transport;
+    } else {
+      for (const name of transport.tasks) if (!byName.has(name)) byName.set(name, transport);
+    }
+  });
+  return {
+    transport: store,
+    runners,
+    transportFor: byName.size === 0 ? () => rest : (name) => byName.get(name) ?? rest,
+  };
+}
+
+/**
+ * @param label - `transport`, or `transport[i]` in a list
+ * @param transport - what the option holds there
+ * @return it, once checked to be a transport that stores or one that runs, with a valid `tasks`
+ * @throws {TypeError} otherwise
+ * @private
+ */
+function checkTransport(label: string, transport: unknown): TaskTransport | TaskRunner {
+  const { send, run, tasks } = (typeof transport === 'object' && transport !== null ? transport : {}) as Partial<Record<'send' | 'run' | 'tasks', unknown>>;
+  if ((typeof send === 'function') === (typeof run === 'function')) {
+    const expectation = 'a transport: an object with either a send() method, such as bullmqTransport({ queue }), or a run() method, such as piscinaTransport({ filename })';
+    throw new TypeError(invalid(label, expectation, transport));
+  }
+  if (tasks !== undefined && !(Array.isArray(tasks) && tasks.every((name) => typeof name === 'string' && name !== ''))) {
+    throw new TypeError(invalid(`${label}.tasks`, 'an array of task names', tasks));
+  }
+  return transport as TaskTransport | TaskRunner;
 }
 
 /**

@@ -15,9 +15,10 @@ import { type Abandon, debug, report, runTask, Task, taskInfo, taskName, type Ta
 export interface TaskQueue {
   /**
    * Queues `fn(...args)` to run after the response has been flushed, after the tasks queued before it.
-   * The arguments are type-checked against `fn`. With a `transport`, a task made by `defineTask()`
-   * is handed off instead, with the response's other defined tasks, in order: staged before the
-   * response's end when added before it and the transport has `staging`, otherwise sent after the flush.
+   * The arguments are type-checked against `fn`. A task made by `defineTask()` that a `transport`
+   * stores is handed off instead, with the response's other defined tasks, in order: staged before
+   * the response's end when added before it and the transport has `staging`, otherwise sent after
+   * the flush. One that a transport runs (on threads) runs there, in its turn.
    * @param fn - a function, sync or async; called with `this` undefined, so bind methods first
    * @param args - the arguments to call it with; JSON values only when `fn` is a defined task
    * @return this queue, for chaining
@@ -113,7 +114,8 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     }
     const task = new Task(fn as (...args: never[]) => unknown, captured);
     const { settings } = this.#scheduler;
-    if (durableName !== undefined && settings.transport !== undefined) {
+    const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
+    if (transport !== undefined && 'send' in transport) {
       if (this.#handOff === undefined) {
         this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
         // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
@@ -121,6 +123,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       }
       this.#handOff.add(task);
     } else {
+      task.runner = transport;
       this.#append(task);
       this.#size++;
       if (this.#phase === 'idle') {

@@ -1,10 +1,10 @@
 import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
 import type { Server } from 'node:net';
-import { checkOptionNames, checkTimeout } from './options.js';
+import { checkOptionNames, checkTimeout, type TaskRunner } from './options.js';
 import type { Scheduler } from './scheduler.js';
-import { debug } from './task.js';
-import { invalid } from './errors.js';
+import { debug, whenSettled } from './task.js';
+import { describeError, invalid } from './errors.js';
 
 /**
  * Options of `close()`.
@@ -22,8 +22,8 @@ export interface CloseOptions {
   readonly server?: Server | undefined;
   /**
    * Milliseconds to wait for the pending tasks before giving up on them: each still queued or
-   * running is then reported to `onError` as a `ShutdownError`, and running tasks made by
-   * `withSignal()` have their signal aborted. Keep it below your platform's grace period
+   * running is then reported to `onError` as a `ShutdownError`, running tasks made by
+   * `withSignal()` have their signal aborted, and tasks running on a thread pool are stopped. Keep it below your platform's grace period
    * (Kubernetes' `terminationGracePeriodSeconds`, 30 s by default), minus the time the server
    * takes to answer the requests in flight.
    * @default 10000
@@ -84,10 +84,11 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
     scheduler.closed = true;
     return true;
   })();
-  return Promise.race([drained, deadline]).then((inTime) => {
+  return Promise.race([drained, deadline]).then(async (inTime) => {
     clearTimeout(timer);
     let abandoned = 0;
     if (!inTime) for (const queue of [...scheduler.active]) abandoned += queue.abandon(timeoutMs);
+    await Promise.all(scheduler.settings.runners.map(closeRunner));
     const summary: CloseSummary = {
       drained: inTime,
       settled: scheduler.settledCount - settledBefore - abandoned,
@@ -97,6 +98,21 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
     debug('closed: %o', summary);
     return summary;
   });
+}
+
+/**
+ * Closes what runs a runner's tasks (its threads), now that none of them is pending. Never rejects:
+ * a failure is traced with `debug`.
+ * @private
+ */
+function closeRunner(runner: TaskRunner): Promise<void> {
+  let closing: unknown;
+  try {
+    closing = runner.close?.();
+  } catch (error) {
+    closing = Promise.reject(error);
+  }
+  return whenSettled(closing, () => {}, (error) => debug('closing a transport failed: %s', describeError(error)));
 }
 
 /**

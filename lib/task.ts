@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import createDebug from 'debug';
 import type { Request, Response } from 'express';
 import { describeError, TimeoutError } from './errors.js';
-import type { Settings, TaskInfo } from './options.js';
+import type { Settings, TaskInfo, TaskRunner } from './options.js';
 import { signalTaker } from './signal.js';
 
 /**
@@ -50,8 +50,10 @@ export class Task extends AsyncResource {
   startedAt = 0;
   /** The task queued after this one in the same response. */
   next: Task | undefined = undefined;
-  /** Aborts the signal of a task made with `withSignal()`, once it runs. */
+  /** Aborts the signal of a task made with `withSignal()`, or given to a runner, once it runs. */
   controller: AbortController | undefined = undefined;
+  /** The transport that runs this defined task instead of this process. */
+  runner: TaskRunner | undefined = undefined;
 
   constructor(fn: (...args: never[]) => unknown, args: unknown[]) {
     super('express-background-tasks');
@@ -106,7 +108,7 @@ export function taskName(fn: { name: string }): string {
 export function runTask(task: Task, run: TaskRun): Abandon | undefined {
   task.startedAt = performance.now();
   const { settings } = run;
-  const plain = !run.traced && settings.around === undefined && signalTaker(task.fn) === undefined;
+  const plain = !run.traced && settings.around === undefined && task.runner === undefined && signalTaker(task.fn) === undefined;
   const context: TaskTraceContext | undefined = plain ? undefined : taskInfo(task, run.req, run.res, false);
   if (run.debugging) started(task, run);
   let result: unknown;
@@ -184,12 +186,18 @@ export function report(error: unknown, info: TaskInfo, settings: Settings): void
 
 /**
  * Calls the task through the tracing channel (so `bindStore` subscribers see their store), inside
- * `around`, with its signal when it was made by `withSignal()`.
+ * `around`: hands it to its runner, or calls it, with its signal when it was made by `withSignal()`.
  * @private
  */
 function callTask(task: Task, run: TaskRun, context: TaskTraceContext): unknown {
   const { around } = run.settings;
   const call = (): unknown => {
+    const { runner } = task;
+    if (runner !== undefined) {
+      task.controller = new AbortController();
+      // A defined task's function is named after it.
+      return runner.run({ name: task.fn.name, args: task.args }, { signal: task.controller.signal });
+    }
     const takesSignal = signalTaker(task.fn);
     if (takesSignal === undefined) return (task.fn as (...args: unknown[]) => unknown)(...task.args);
     task.controller = new AbortController();

@@ -1,4 +1,4 @@
-// The README's `npm run demo`, both modes: it must run, print its timeline, and exit by itself.
+// The README's `npm run demo`, every mode: it must run, print its timeline, and exit by itself.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { after, describe, it } from 'node:test';
@@ -9,13 +9,17 @@ const run = promisify(execFile);
 const redisOrReason = await startRedis();
 after(() => (typeof redisOrReason === 'string' ? undefined : redisOrReason.stop()));
 
-/** Runs the demo and returns its timeline: [who, what] per line, in order. */
-async function demo(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string[]> {
+/**
+ * Runs the demo and returns its timeline: [who, what] per line, in order, or with `withTimes`, the
+ * lines as printed, their times included.
+ */
+async function demo(args: string[], env: NodeJS.ProcessEnv = {}, withTimes = false): Promise<string[]> {
   const { stdout } = await run(process.execPath, ['--import', 'tsx', 'examples/demo.ts', ...args], {
     env: { ...process.env, ...env },
     timeout: 30_000,
   });
-  return stdout.split('\n').filter((line) => line.startsWith('+')).map((line) => line.replace(/^\+\s+\d+ ms\s+/, ''));
+  const lines = stdout.split('\n').filter((line) => line.startsWith('+'));
+  return withTimes ? lines : lines.map((line) => line.replace(/^\+\s+\d+ ms\s+/, ''));
 }
 
 /** @return the index of the first line that includes `text`; fails when there is none */
@@ -34,6 +38,21 @@ describe('npm run demo', () => {
     }
     assert.ok(lineOf(timeline, 'onError  importContacts failed') < lineOf(timeline, 'deleteUpload(contacts.csv) runs'));
     assert.equal(lineOf(timeline, 'every task has settled'), timeline.length - 1);
+  });
+
+  it('--threads: the CPU task runs on a thread while the server answers each request in a few ms, and it exits 0', async () => {
+    const timeline = await demo(['--threads'], {}, true);
+    const at = (line: string | undefined): number => Number(/^\+\s+(\d+) ms/.exec(line ?? '')?.[1]);
+    const started = at(timeline[lineOf(timeline, 'thread   makeThumbnail(cat.jpg) started on thread')]);
+    const finished = at(timeline[lineOf(timeline, 'thread   makeThumbnail(cat.jpg) finished')]);
+    assert.ok(finished - started >= 600, `the task ran ${finished - started} ms`);
+    const answered = timeline.filter((line) => line.includes('client   GET /status') && at(line) > started && at(line) < finished);
+    assert.ok(answered.length >= 3, `${answered.length} responses while the task ran:\n${timeline.join('\n')}`);
+    for (const line of answered) {
+      assert.ok(line.includes('{"pending":1}'), `the pool task counts in pending while it runs: ${line}`);
+      assert.ok(Number(/in (\d+) ms$/.exec(line)?.[1]) < 100, line);
+    }
+    assert.equal(lineOf(timeline, 'tasks.close() closed the pool'), timeline.length - 1);
   });
 
   it('--bullmq: the same tasks run in a worker, each job once its response has been sent, and it exits 0', { skip: typeof redisOrReason === 'string' && redisOrReason }, async () => {

@@ -87,7 +87,7 @@ describe('packaging', () => {
   describe('the tarball', () => {
     it('holds only package.json, the README, LICENSE, CHANGELOG, the guides in docs/ and the build output in dist/', () => {
       const unexpected = tarballFiles.filter((file) => file !== 'package.json' && !shippedDocs.includes(file) && !/^docs\/[\w-]+\.(md|svg)$/.test(file) &&
-        !/^dist\/(esm|cjs)\/[\w-]+\.(js|d\.ts)$/.test(file) && !commonJsEntry.includes(file) && file !== 'dist/cjs/package.json');
+        !/^dist\/(esm|cjs)\/[\w-]+\.(js|d\.ts|mjs|d\.mts)$/.test(file) && !commonJsEntry.includes(file) && file !== 'dist/cjs/package.json');
       assert.deepEqual(unexpected, [], 'files the tarball should not ship');
       for (const folder of ['lib/', 'spec/', 'bench/', 'examples/', 'scripts/', 'node_modules/', '.tmp/']) {
         assert.ok(!tarballFiles.some((file) => file.startsWith(folder)), `${folder} is shipped`);
@@ -216,6 +216,41 @@ describe('packaging', () => {
       assert.ok(esm.loaded.endsWith('/dist/esm/otel.js'), esm.loaded);
     });
 
+    it('the main entry never loads piscina; express-background-tasks/piscina runs compiled task modules on threads, from CommonJS and ES modules alike', async () => {
+      await writeFile(path.join(consumer, 'thread-tasks.mjs'), threadTasks('import { defineTask } from \'express-background-tasks\';\nimport { isMainThread } from \'node:worker_threads\';', 'export const where ='));
+      await writeFile(path.join(consumer, 'thread-tasks.cjs'), threadTasks('const { defineTask } = require(\'express-background-tasks\');\nconst { isMainThread } = require(\'node:worker_threads\');', 'exports.where ='));
+      const esm = JSON.parse(await runNode(consumer, 'threads.mjs', `
+        import express from 'express';
+        import { backgroundTasks } from 'express-background-tasks';
+        import * as entry from 'express-background-tasks/piscina';
+        import { where } from './thread-tasks.mjs';
+        const transport = entry.piscinaTransport({ filename: new URL('./thread-tasks.mjs', import.meta.url), maxThreads: 1 });
+        ${serveOnThreads}
+        console.log(JSON.stringify({ names: Object.keys(entry).sort(), exported: await transport.ready, errors, loaded: import.meta.resolve('express-background-tasks/piscina') }));
+      `)) as ThreadsOutcome;
+      assert.deepEqual(esm.names, ['piscinaTransport']);
+      assert.deepEqual(esm.exported, ['where']);
+      assert.deepEqual(esm.errors, ['where: ran on the main thread: false']);
+      assert.ok(esm.loaded.endsWith('/dist/esm/piscina.js'), esm.loaded);
+
+      const cjs = JSON.parse(await runNode(consumer, 'threads.cjs', `
+        const express = require('express');
+        const { backgroundTasks } = require('express-background-tasks');
+        const loadedByMain = Object.keys(require.cache).filter((file) => file.includes('/piscina/'));
+        const entry = require('express-background-tasks/piscina');
+        const { where } = require('./thread-tasks.cjs');
+        const transport = entry.piscinaTransport({ filename: require('node:path').join(__dirname, 'thread-tasks.cjs'), maxThreads: 1 });
+        (async () => {
+          ${serveOnThreads}
+          console.log(JSON.stringify({ loadedByMain, names: Object.keys(entry).sort(), exported: await transport.ready, errors, loaded: require.resolve('express-background-tasks/piscina') }));
+        })();
+      `)) as ThreadsOutcome & { loadedByMain: string[] };
+      assert.deepEqual(cjs.loadedByMain, []);
+      assert.deepEqual(cjs.names, ['piscinaTransport']);
+      assert.deepEqual(cjs.errors, ['where: ran on the main thread: false']);
+      assert.ok(cjs.loaded.endsWith(path.join('dist', 'cjs', 'piscina.js')), cjs.loaded);
+    });
+
     for (const [format, file, importLines] of [
       ['CommonJS', 'serve.cjs', `const express = require('express');\nconst backgroundTasks = require('express-background-tasks');`],
       ['ES module', 'serve.mjs', `import express from 'express';\nimport { backgroundTasks } from 'express-background-tasks';`],
@@ -286,6 +321,35 @@ const server = app.listen(0, '127.0.0.1', async () => {
 });
 `;
 
+/**
+ * A compiled tasks module, as a production build has it: one task that fails, saying which thread
+ * ran it, so that the outcome reaches the main thread through `onError`.
+ */
+function threadTasks(importLines: string, exportWhere: string): string {
+  return `${importLines}\n${exportWhere} defineTask('where', () => {\n  throw new Error('ran on the main thread: ' + isMainThread);\n});\n`;
+}
+
+/** Serves one request that queues `where` on the pool, then closes; `errors` holds what onError got. */
+const serveOnThreads = `
+  const errors = [];
+  const tasks = backgroundTasks({ transport, onError: (error, { name }) => errors.push(name + ': ' + error.message) });
+  const app = express();
+  app.use(tasks);
+  app.post('/', (req, res) => { res.locals.tasks.add(where); res.status(202).end(); });
+  const server = app.listen(0, '127.0.0.1');
+  await new Promise((resolve) => server.once('listening', resolve));
+  await fetch('http://127.0.0.1:' + server.address().port + '/', { method: 'POST' });
+  server.close();
+  await tasks.close({ timeout: 10000 });
+`;
+
+interface ThreadsOutcome {
+  names: string[];
+  exported: string[];
+  errors: string[];
+  loaded: string;
+}
+
 interface ServeOutcome {
   status: number;
   body: unknown;
@@ -353,7 +417,8 @@ async function writeTypeProject(dir: string, project: (typeof typeProjects)[numb
     const asUser = source
       .replaceAll(/(from |require\()'\.\.\/\.\.\/lib\/index\.c?js'/g, `$1'${manifest.name}'`)
       .replaceAll(`from '../../lib/bullmq.js'`, `from '${manifest.name}/bullmq'`)
-      .replaceAll(`from '../../lib/otel.js'`, `from '${manifest.name}/otel'`);
+      .replaceAll(`from '../../lib/otel.js'`, `from '${manifest.name}/otel'`)
+      .replaceAll(`from '../../lib/piscina.js'`, `from '${manifest.name}/piscina'`);
     assert.notEqual(asUser, source, `${fixture} should import ../../lib/index.js`);
     await writeFile(path.join(dir, fixture), asUser);
   }

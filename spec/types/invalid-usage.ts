@@ -7,6 +7,7 @@ import { Queue } from 'bullmq';
 import { backgroundTasks, defineTask, withSignal } from '../../lib/index.js';
 import { bullmqTransport, createWorker } from '../../lib/bullmq.js';
 import { taskSpans } from '../../lib/otel.js';
+import { piscinaTransport } from '../../lib/piscina.js';
 
 class Mailer {
   from = 'noreply@example.com';
@@ -109,8 +110,16 @@ defineTask(42, () => {});
 sendReceipt.taskName = 'other';
 // @ts-expect-error -- `fallback` is 'none' or 'in-process'
 backgroundTasks({ fallback: 'retry' });
-// @ts-expect-error -- a transport has a send() method
+// @ts-expect-error -- a transport has a send() or a run() method
 backgroundTasks({ transport: {} });
+// @ts-expect-error -- a transport lists the tasks it takes by name
+backgroundTasks({ transport: [{ run: async () => {}, tasks: [sendReceipt] }] });
+// @ts-expect-error -- piscinaTransport() needs the module of definitions
+piscinaTransport({ maxThreads: 2 });
+// @ts-expect-error -- its `tasks` are definitions, not names
+piscinaTransport({ filename: '/srv/tasks.js', tasks: ['send-receipt'] });
+// @ts-expect-error -- the transport names the threads' module itself
+piscinaTransport({ filename: '/srv/tasks.js', name: 'default' });
 // @ts-expect-error -- bullmqTransport() takes a BullMQ queue, not its name
 bullmqTransport({ queue: 'tasks' });
 export function worker(queue: Queue): void {

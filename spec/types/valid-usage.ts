@@ -20,11 +20,14 @@ import backgroundTasks, {
   type HandedOffTask,
   type TaskInfo,
   type TaskQueue,
+  type TaskRunner,
+  type TaskRunOptions,
   type TaskTransport,
 } from '../../lib/index.js';
 import { bullmqTransport, createWorker, type BullmqTransportOptions, type TasksJobData } from '../../lib/bullmq.js';
 import { taskSpans, type TaskSpansOptions } from '../../lib/otel.js';
 import { trace } from '@opentelemetry/api';
+import { piscinaTransport, type PiscinaTransport, type PiscinaTransportOptions } from '../../lib/piscina.js';
 
 async function sendConfirmationEmail(id: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, id));
@@ -214,4 +217,30 @@ export function tracedTasks(): BackgroundTasksMiddleware[] {
     backgroundTasks({ around: taskSpans({ newTrace: true }) }),
     backgroundTasks({ around: (info, run) => spans(info, () => run()) }),
   ];
+}
+
+/** Defined tasks on threads, beside BullMQ for the rest; and a runner of one's own. */
+export async function onThreads(queue: Queue): Promise<readonly string[]> {
+  const makeThumbnail = defineTask('make-thumbnail', (id: string, width: number) => console.log(id, width));
+  const poolOptions: PiscinaTransportOptions = {
+    filename: new URL('file:///srv/app/dist/tasks.js'), // in an ES module: new URL('./tasks.js', import.meta.url)
+    tasks: [makeThumbnail, sendReceipt],
+    maxThreads: 2,
+    idleTimeout: 30_000,
+    resourceLimits: { maxOldGenerationSizeMb: 256 },
+  };
+  const threads: PiscinaTransport = piscinaTransport(poolOptions);
+  const byPath = piscinaTransport({ filename: '/srv/app/dist/tasks.js' });
+  const inline: TaskRunner = {
+    tasks: ['warm-cache'],
+    run: async ({ name, args }: HandedOffTask, { signal }: TaskRunOptions) => console.log(name, args, signal.aborted),
+  };
+  app.use(backgroundTasks({ transport: [threads, inline, bullmqTransport({ queue })], timeout: 30_000 }));
+  app.use(backgroundTasks({ transport: byPath }));
+  app.post('/photos/:id', (req, res) => {
+    res.locals.tasks.add(makeThumbnail, String(req.params.id), 320);
+    res.status(202).end();
+  });
+  console.log(threads.pool.utilization, threads.pool.threads.length);
+  return threads.ready;
 }
