@@ -215,7 +215,11 @@ export interface TaskInfo {
   readonly requestId: string | undefined;
   /** Milliseconds from `add()` until the task started (until now, for a task that never started). */
   readonly waitMs: number;
-  /** Milliseconds the task ran until it failed, timed out or was abandoned; `undefined` while it runs. */
+  /**
+   * Milliseconds the task ran until it failed, timed out or was abandoned; `undefined` while it runs,
+   * and for a plain synchronous task that threw (its start is not timed: a clock read costs as much
+   * as such a task; its `waitMs` then runs to the throw).
+   */
   readonly durationMs: number | undefined;
 }
 

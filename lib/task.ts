@@ -54,11 +54,14 @@ export class Task extends AsyncResource {
   controller: AbortController | undefined = undefined;
   /** The transport that runs this defined task instead of this process. */
   runner: TaskRunner | undefined = undefined;
+  /** The function a task made by `withSignal()` wraps, looked up once. */
+  readonly takesSignal: ((signal: AbortSignal, ...args: unknown[]) => unknown) | undefined;
 
   constructor(fn: (...args: never[]) => unknown, args: unknown[]) {
     super('express-background-tasks');
     this.fn = fn;
     this.args = args;
+    this.takesSignal = signalTaker(fn);
   }
 }
 
@@ -106,9 +109,10 @@ export function taskName(fn: { name: string }): string {
  * @internal
  */
 export function runTask(task: Task, run: TaskRun): Abandon | undefined {
-  task.startedAt = performance.now();
   const { settings } = run;
-  const plain = !run.traced && settings.around === undefined && task.runner === undefined && signalTaker(task.fn) === undefined;
+  const plain = !run.traced && settings.around === undefined && task.runner === undefined && task.takesSignal === undefined;
+  // A clock read costs as much as a sync task: a plain one is stamped only once it proves async.
+  if (!plain || run.debugging) task.startedAt = performance.now();
   const context: TaskTraceContext | undefined = plain ? undefined : taskInfo(task, run.req, run.res, false);
   if (run.debugging) started(task, run);
   let result: unknown;
@@ -120,6 +124,7 @@ export function runTask(task: Task, run: TaskRun): Abandon | undefined {
       if (run.debugging) finished(task);
       return undefined;
     }
+    if (task.startedAt === 0) task.startedAt = performance.now();
   } catch (error) {
     task.runInAsyncScope(report, undefined, error, taskInfo(task, run.req, run.res, true), settings);
     return undefined;
@@ -198,7 +203,7 @@ function callTask(task: Task, run: TaskRun, context: TaskTraceContext): unknown 
       // A defined task's function is named after it.
       return runner.run({ name: task.fn.name, args: task.args }, { signal: task.controller.signal });
     }
-    const takesSignal = signalTaker(task.fn);
+    const { takesSignal } = task;
     if (takesSignal === undefined) return (task.fn as (...args: unknown[]) => unknown)(...task.args);
     task.controller = new AbortController();
     return takesSignal(task.controller.signal, ...task.args);
