@@ -74,7 +74,7 @@ export function renderPage(input: PageInput): { markdown: string; svg: string } 
     ...(missed.length === 0 ? [] : explainMisses(missed, input.measurements, input.evidence, input.settings)),
     '## Reproduce',
     '',
-    '`npm run bench` writes this page and its chart. The code is in [`bench/`](../bench): `run.ts` runs the steps;',
+    '`npm run bench` writes this page and its chart. The code is in the repository’s `bench/`: `run.ts` runs the steps;',
     '`servers.ts`, `queue.ts`, `memory.ts`, `threads-server.ts` and `threads-memory.ts` are the child processes; `http.ts`',
     'drives autocannon, `threads.ts` the thread-pool runs. The library is compiled with `tsconfig.build.json` first,',
     'so the numbers are those of the shipped JavaScript, and the pool\'s threads load compiled JavaScript too.',
