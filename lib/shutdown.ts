@@ -23,9 +23,9 @@ export interface CloseOptions {
   /**
    * Milliseconds to wait for the pending tasks before giving up on them: each still queued or
    * running is then reported to `onError` as a `ShutdownError`, running tasks made by
-   * `withSignal()` have their signal aborted, and tasks running on a thread pool are stopped. Keep it below your platform's grace period
-   * (Kubernetes' `terminationGracePeriodSeconds`, 30 s by default), minus the time the server
-   * takes to answer the requests in flight.
+   * `withSignal()` have their signal aborted, and tasks running on a thread pool are stopped.
+   * Keep it below your platform's grace period (Kubernetes' `terminationGracePeriodSeconds`, 30 s
+   * by default), minus the time the server takes to answer the requests in flight.
    * @default 10000
    */
   readonly timeout?: number | undefined;
