@@ -453,21 +453,26 @@ function outboxTransport(outbox: Outbox): TaskTransport {
  * The docs' outbox table, in memory. Each insert waits for `gate` (open by default), so that a spec
  * can hold the staging; `calls` records every call in order.
  */
-function memoryOutbox(): Outbox & {
+function memoryOutbox({ gated = false } = {}): Outbox & {
   rows: Map<string, { tasks: HandedOffTask[]; runAfter: number }>;
   calls: string[];
   gate: Promise<void>;
+  /** With `gated`, lets the inserts through: until then they wait. */
+  store(): void;
   inserted(count: number): Promise<void>;
 } {
   const rows = new Map<string, { tasks: HandedOffTask[]; runAfter: number }>();
   const calls: string[] = [];
   const waiting: [count: number, resolve: () => void][] = [];
+  const storing = deferred();
+  if (!gated) storing.resolve();
   let inserts = 0;
   let nextId = 1;
   return {
     rows,
     calls,
-    gate: Promise.resolve(),
+    gate: storing.promise,
+    store: () => storing.resolve(),
     async insert(tasks, runAfter) {
       calls.push(`insert ${tasks.map((task) => task.name).join(',')}${runAfter.getTime() > Date.now() ? ' staged' : ''}`);
       inserts++;
@@ -524,9 +529,7 @@ describe('a transport with `staging`', () => {
 
   for (const [label, createApp] of expressVersions) {
     it(`${label}: stages a response's defined tasks before its end reaches the client, and releases them once it has been flushed`, async () => {
-      const outbox = memoryOutbox();
-      const storing = deferred();
-      outbox.gate = storing.promise;
+      const outbox = memoryOutbox({ gated: true });
       const ran: string[] = [];
       const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
       const app = createApp();
@@ -542,7 +545,7 @@ describe('a transport with `staging`', () => {
         await outbox.inserted(1);
         assert.equal(await stillPending(response), true, 'no response while the tasks are not stored');
         assert.equal(tasks.pending, 3);
-        storing.resolve();
+        outbox.store();
         assert.equal((await response).status, 201);
         await tasks.drain();
       });
@@ -695,10 +698,8 @@ describe('a transport with `staging`', () => {
       });
       return seen;
     };
-    const outbox = memoryOutbox();
-    const storing = deferred();
-    outbox.gate = storing.promise;
-    setTimeout(() => storing.resolve(), 50);
+    const outbox = memoryOutbox({ gated: true });
+    setTimeout(() => outbox.store(), 50);
     const staged = await observe(outboxTransport(outbox));
     assert.deepEqual(staged, await observe(undefined));
     assert.deepEqual(staged.slice(0, 4), [true, true, true, 'ERR_HTTP_HEADERS_SENT']);
@@ -706,9 +707,7 @@ describe('a transport with `staging`', () => {
   });
 
   it('chunks written before end() go out at once; only the end waits for the staging', async () => {
-    const outbox = memoryOutbox();
-    const storing = deferred();
-    outbox.gate = storing.promise;
+    const outbox = memoryOutbox({ gated: true });
     const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
     const app = express();
     app.use(tasks);
@@ -723,7 +722,7 @@ describe('a transport with `staging`', () => {
       assert.doesNotMatch(early, /last chunk/);
       await outbox.inserted(1);
       assert.equal(await stillPending(received(socket, /last chunk/)), true);
-      storing.resolve();
+      outbox.store();
       assert.match(await received(socket, /0\r\n\r\n$/), /last chunk/);
       socket.destroy();
       await tasks.drain();
@@ -768,9 +767,7 @@ describe('a transport with `staging`', () => {
 
   it('a client that disconnects while its response is held: the tasks are still released, and nothing leaks or throws', async () => {
     const watch = watchProcessFaults();
-    const outbox = memoryOutbox();
-    const storing = deferred();
-    outbox.gate = storing.promise;
+    const outbox = memoryOutbox({ gated: true });
     const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
     const app = express();
     app.use(tasks);
@@ -783,7 +780,7 @@ describe('a transport with `staging`', () => {
       await outbox.inserted(1);
       socket.resetAndDestroy();
       await delay(20);
-      storing.resolve();
+      outbox.store();
       await tasks.drain();
     });
     watch.stop();
