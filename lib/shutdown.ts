@@ -24,6 +24,7 @@ export interface CloseOptions {
    * Milliseconds to wait for the pending tasks before giving up on them: each still queued or
    * running is then reported to `onError` as a `ShutdownError`, running tasks made by
    * `withSignal()` have their signal aborted, and tasks running on a thread pool are stopped.
+   * Runner transports (the thread pool) are then closed, waiting 1 s for them at the most.
    * Keep it below your platform's grace period (Kubernetes' `terminationGracePeriodSeconds`, 30 s
    * by default), minus the time the server takes to answer the requests in flight.
    * @default 10000
@@ -88,7 +89,7 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
     clearTimeout(timer);
     let abandoned = 0;
     if (!inTime) for (const queue of [...scheduler.active]) abandoned += queue.abandon(timeoutMs);
-    await Promise.all(scheduler.settings.runners.map(closeRunner));
+    await closeRunners(scheduler.settings.runners);
     const summary: CloseSummary = {
       drained: inTime,
       settled: scheduler.settledCount - settledBefore - abandoned,
@@ -101,8 +102,29 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
 }
 
 /**
- * Closes what runs a runner's tasks (its threads), now that none of them is pending. Never rejects:
- * a failure is traced with `debug`.
+ * Closes what runs the runners' tasks (their threads), now that none of them is pending, waiting
+ * `RUNNER_CLOSE_MS` at the most: a runner whose `close()` never settles must not hold the process
+ * past the deadline. Never rejects: a failure is traced with `debug`.
+ * @private
+ */
+async function closeRunners(runners: readonly TaskRunner[]): Promise<void> {
+  if (runners.length === 0) return;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((resolve) => {
+    timer = setTimeout(() => {
+      debug('a transport did not close within %d ms', RUNNER_CLOSE_MS);
+      resolve();
+    }, RUNNER_CLOSE_MS).unref();
+  });
+  await Promise.race([Promise.all(runners.map(closeRunner)), late]);
+  clearTimeout(timer);
+}
+
+/** How long `close()` waits for the runners' own `close()` (a thread pool's takes milliseconds). */
+const RUNNER_CLOSE_MS = 1_000;
+
+/**
+ * Closes one runner. Never rejects.
  * @private
  */
 function closeRunner(runner: TaskRunner): Promise<void> {

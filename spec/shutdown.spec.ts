@@ -6,7 +6,7 @@ import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { backgroundTasks, type CloseSummary, defineTask, ShutdownError, type TaskInfo, type TaskQueue, withSignal } from '../lib/index.js';
+import { backgroundTasks, type CloseSummary, defineTask, ShutdownError, type TaskInfo, type TaskQueue, type TaskRunner, withSignal } from '../lib/index.js';
 import { deferred, expressVersions, get, listen, watchProcessFaults, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
@@ -200,6 +200,31 @@ for (const [label, createApp] of expressVersions) {
       assert.deepEqual(reported.filter((line) => line.endsWith('hangs')), ['ShutdownError hangs']);
       assert.deepEqual([...sent, ...reported.filter((line) => line.endsWith('notify'))], ['ShutdownError notify'], 'the late defined task reported, not handed off after the deadline');
       assert.equal(tasks.pending, 0);
+    });
+
+    it('resolves soon after its deadline although a runner transport\'s close() never settles', { timeout: 10_000 }, async () => {
+      const reported: string[] = [];
+      const runner: TaskRunner = {
+        run: () => new Promise(() => {}),
+        close: () => new Promise(() => {}),
+      };
+      const render = defineTask('render', () => {});
+      const tasks = backgroundTasks({ transport: runner, onError: (error, { name }) => reported.push(`${(error as Error).name} ${name}`) });
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(render);
+        res.send('ok');
+      });
+      await withServer(app, async ({ url }) => {
+        await (await fetch(url)).text();
+        const startedAt = performance.now();
+        const summary = await tasks.close({ timeout: 50 });
+        const waited = performance.now() - startedAt;
+        assert.deepEqual(summary, { drained: false, settled: 0, abandoned: 1, pending: 0 } satisfies CloseSummary);
+        assert.ok(waited < 50 + 1_500, `resolved ${waited.toFixed(0)} ms after the call`);
+      });
+      assert.deepEqual(reported, ['ShutdownError render']);
     });
 
     it('reports the tasks added after it resolved, and does not run them', async () => {
