@@ -1,8 +1,8 @@
 import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import { HandOffError, messageOf } from './errors.js';
-import type { HandedOffTask, Settings, TaskStaging, TaskTransport } from './options.js';
-import { debug, report, type Task, taskInfo, taskName, whenSettled } from './task.js';
+import type { Settings, TaskStaging, TaskTransport } from './options.js';
+import { debug, handedOff, report, type Task, taskInfo, taskName, whenSettled } from './task.js';
 
 /**
  * Where the staged tasks of a response stand: `none` staged; `staging` (the transport has them,
@@ -90,7 +90,7 @@ export class HandOff {
     const timer = setTimeout(() => this.#stagingFailed(new Error(`the transport did not stage it within ${stagingTimeout} ms`)), stagingTimeout);
     let stored: unknown;
     try {
-      stored = staging.stage(handedOff(tasks));
+      stored = staging.stage(tasks.map(handedOff));
     } catch (error) {
       clearTimeout(timer);
       this.#stagingFailed(error);
@@ -223,7 +223,7 @@ export class HandOff {
     const transport = this.#settings.transport as TaskTransport;
     let sent: unknown;
     try {
-      sent = transport.send(handedOff(tasks));
+      sent = transport.send(tasks.map(handedOff));
     } catch (error) {
       this.#failed(tasks, error, false);
       return;
@@ -264,15 +264,6 @@ export class HandOff {
     this.#holding = false;
     letEndThrough(this.#req.socket, this.#res, send);
   }
-}
-
-/**
- * @return what a transport receives of `tasks`
- * @private
- */
-function handedOff(tasks: readonly Task[]): HandedOffTask[] {
-  // A defined task's function is named after it.
-  return tasks.map((task) => ({ name: task.fn.name, args: task.args }));
 }
 
 /**

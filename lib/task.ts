@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import createDebug from 'debug';
 import type { Request, Response } from 'express';
 import { describeError, TimeoutError } from './errors.js';
-import type { Settings, TaskInfo, TaskRunner } from './options.js';
+import type { HandedOffTask, Settings, TaskInfo, TaskRunner } from './options.js';
 import { signalTaker } from './signal.js';
 
 /**
@@ -175,6 +175,15 @@ export function taskInfo(task: Task, req: Request, res: Response, ended: boolean
 }
 
 /**
+ * @return what a transport receives of a defined task: its name and its (copied) arguments
+ * @internal
+ */
+export function handedOff(task: Task): HandedOffTask {
+  // A defined task's function is named after it.
+  return { name: task.fn.name, args: task.args };
+}
+
+/**
  * Hands a task's error to `onError`; an `onError` that throws, or returns a promise that rejects,
  * is reported on stderr. Never throws: it runs inside on-finished callbacks and the queue's loop.
  * @internal
@@ -200,8 +209,7 @@ function callTask(task: Task, run: TaskRun, context: TaskTraceContext): unknown 
     const { runner } = task;
     if (runner !== undefined) {
       task.controller = new AbortController();
-      // A defined task's function is named after it.
-      return runner.run({ name: task.fn.name, args: task.args }, { signal: task.controller.signal });
+      return runner.run(handedOff(task), { signal: task.controller.signal });
     }
     const { takesSignal } = task;
     if (takesSignal === undefined) return (task.fn as (...args: unknown[]) => unknown)(...task.args);
