@@ -291,6 +291,18 @@ interface Holds {
  */
 const holding = new WeakMap<Socket, Holds>();
 
+/** How many responses have their end held, across all connections. */
+let heldEnds = 0;
+
+/**
+ * @return whether some response's end is held: its connection must not be closed as idle, which
+ *   Node would, as its response counts as finished
+ * @internal
+ */
+export function holdingAnEnd(): boolean {
+  return heldEnds > 0;
+}
+
 /**
  * Keeps back what `res` writes to its connection from now on: the bytes of its `end()`, and of an
  * end that another wrapper of `res.end` (compression, a session store) writes later. `res.end()`
@@ -307,6 +319,7 @@ function holdEnd(connection: Socket, res: Response): void {
     connection.write = writeOrHold as Socket['write'];
   }
   holds.held.set(res, []);
+  heldEnds++;
 }
 
 /**
@@ -333,6 +346,7 @@ function letEndThrough(connection: Socket, res: Response, send: boolean): void {
   const holds = holding.get(connection) as Holds; // held by the caller
   const held = holds.held.get(res) as unknown[][];
   holds.held.delete(res);
+  heldEnds--;
   if (holds.held.size === 0 && connection.write === writeOrHold) {
     holding.delete(connection);
     if (holds.ownWrite) connection.write = holds.write;

@@ -312,8 +312,19 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     this.#tail = task;
   }
 
-  /** Runs here, after this response's other tasks, defined tasks the transport could not take. */
+  /**
+   * Runs here, after this response's other tasks, defined tasks the transport could not take; once
+   * `close()` has given up or finished, nothing would run them: they are reported instead.
+   */
   #runHere(tasks: Task[]): void {
+    if (this.#scheduler.closed) {
+      for (const task of tasks) {
+        const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: its hand-off failed after close() had given up or finished`);
+        task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), this.#scheduler.settings);
+      }
+      this.#settle(tasks.length);
+      return;
+    }
     for (const task of tasks) this.#append(task);
     this.#size += tasks.length;
     if (this.#phase === 'idle') {

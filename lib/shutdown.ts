@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
 import type { Server } from 'node:net';
+import { holdingAnEnd } from './handoff.js';
 import { checkOptionNames, checkTimeout, type TaskRunner } from './options.js';
 import type { Scheduler } from './scheduler.js';
 import { debug, whenSettled } from './task.js';
@@ -148,7 +149,10 @@ async function closeServer(server: Server): Promise<void> {
   // A response in flight at close() that queued no task still says keep-alive; its connection
   // goes idle once it is sent, and would stay open for `keepAliveTimeout`. Close such connections
   // as they go idle.
-  const closeIdle = (): void => (server as Partial<HttpServer>).closeIdleConnections?.();
+  // A connection whose response's end is held for staging looks idle to Node: wait for the hold.
+  const closeIdle = (): void => {
+    if (!holdingAnEnd()) (server as Partial<HttpServer>).closeIdleConnections?.();
+  };
   closeIdle();
   const poll = setInterval(closeIdle, IDLE_POLL_MS).unref();
   try {

@@ -227,6 +227,59 @@ for (const [label, createApp] of expressVersions) {
       assert.deepEqual(reported, ['ShutdownError render']);
     });
 
+    it('reports as abandoned the defined tasks whose hand-off fails after its deadline, rather than queue them to run (fallback: \'in-process\')', { timeout: 10_000 }, async () => {
+      const reported: string[] = [];
+      const failedLate = deferred();
+      const job = defineTask('job', () => {});
+      const transport = { send: () => new Promise((_resolve, reject) => setTimeout(() => reject(new Error('send failed late')), 100)) };
+      const tasks = backgroundTasks({
+        transport,
+        fallback: 'in-process',
+        onError: (error, { name }) => {
+          reported.push(`${(error as Error).name} ${name}`);
+          if ((error as Error).name === 'ShutdownError') failedLate.resolve();
+        },
+      });
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(job);
+        res.send('ok');
+      });
+      await withServer(app, async ({ url }) => {
+        await (await fetch(url)).text();
+        assert.deepEqual(await tasks.close({ timeout: 20 }), { drained: false, settled: 0, abandoned: 0, pending: 1 } satisfies CloseSummary);
+        await failedLate.promise;
+        await tasks.drain();
+      });
+      assert.deepEqual(reported, ['HandOffError job', 'ShutdownError job']);
+      assert.equal(tasks.pending, 0);
+    });
+
+    it('with { server }, lets a response whose end is held for staging reach its client', { timeout: 10_000 }, async () => {
+      const job = defineTask('job', () => {});
+      const staging = { timeout: 2_000, stage: () => new Promise((resolve) => setTimeout(resolve, 100, 'receipt')), release: async () => {}, discard: async () => {} };
+      const tasks = backgroundTasks({ transport: { send: async () => {}, staging } });
+      const inFlight = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(job);
+        inFlight.resolve();
+        setTimeout(() => res.send('stored'), 50);
+      });
+      const server = await listen(app);
+      try {
+        const response = fetch(server.url).then(async (answer) => [answer.status, await answer.text()]);
+        await inFlight.promise;
+        const summary = await tasks.close({ server: server.server, timeout: 3_000 });
+        assert.deepEqual(await response, [200, 'stored']);
+        assert.deepEqual(summary, { drained: true, settled: 1, abandoned: 0, pending: 0 } satisfies CloseSummary);
+      } finally {
+        server.server.closeAllConnections();
+      }
+    });
+
     it('reports the tasks added after it resolved, and does not run them', async () => {
       const reported: string[] = [];
       const tasks = backgroundTasks({ onError: (error, { name }) => reported.push(`${(error as Error).name} ${name}`) });
