@@ -5,7 +5,7 @@
 
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
+import { type ConnectionOptions, type Job, type JobsOptions, Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
 import { checkOptionNames, checkTimeout, type HandedOffTask, type TaskStaging, type TaskTransport } from './options.js';
@@ -71,7 +71,7 @@ export interface BullmqTransportOptions {
 }
 
 /**
- * What a job made by `bullmqTransport()` holds.
+ * What a job made by `bullmqTransport()` holds: the tasks of one response.
  * @public
  */
 export interface TasksJobData {
@@ -80,12 +80,23 @@ export interface TasksJobData {
 }
 
 /**
+ * What a staged job holds when several responses ended in the same turn of the event loop: their
+ * tasks, one entry per response. A worker made by `createWorker()` adds one `TasksJobData` job per
+ * entry, then completes this one.
+ * @public
+ */
+export interface BatchJobData {
+  /** The tasks of each response, in the order the responses ended. */
+  readonly batch: readonly TasksJobData[];
+}
+
+/**
  * Creates the transport that turns each response's defined tasks into one BullMQ job, which holds
- * them in order. Run the jobs with `createWorker()`. By default it stages: the job is stored,
- * delayed by `lease`, before the response's end is let through, and promoted once the response has
- * been flushed; the jobs of the responses that end in the same turn of the event loop are added in
- * one pipeline. A hand-off of more than 1000 tasks is refused: each of them is reported as a
- * `HandOffError`.
+ * them in order. Run the jobs with `createWorker()`. By default it stages: the tasks are stored in
+ * a job delayed by `lease` before the response's end is let through, and released once the
+ * response has been flushed. The responses whose ends are held in the same turn of the event loop
+ * share one staged job (`BatchJobData`), which the worker splits into one job per response. A
+ * hand-off of more than 1000 tasks is refused: each of them is reported as a `HandOffError`.
  * @param options - see `BullmqTransportOptions`
  * @return the transport, for `backgroundTasks({ transport })`
  * @throws {TypeError} when `queue` is not a BullMQ queue, `jobOptions` not an object, `stage` not a
@@ -128,8 +139,7 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
     },
   };
   if (!stage) return transport;
-  const delayedJobOptions = { ...jobOptions, delay: checkTimeout(lease ?? 30_000, false, 'lease') };
-  return { ...transport, staging: stagingOf(queue, delayedJobOptions, timeoutMs) };
+  return { ...transport, staging: stagingOf(queue, jobOptions, checkTimeout(lease ?? 30_000, false, 'lease'), timeoutMs) };
 }
 
 /** The keys `bullmqTransport()` reads; `satisfies` keeps the list in step with the interface. */
@@ -150,7 +160,9 @@ export interface CreateWorkerOptions extends Omit<WorkerOptions, 'connection'> {
 
 /**
  * Creates a BullMQ worker that runs the jobs of `bullmqTransport()`: the tasks of each job one
- * after another, in order. A failing task does not stop the tasks behind it; the job then fails
+ * after another, in order. A staged job holding several responses (`BatchJobData`) is split into
+ * one job per response, with the same job options, then completes. A failing task does not stop
+ * the tasks behind it; the job then fails
  * with that task's error (an `AggregateError` when several failed), and a retry runs only the
  * tasks that have not succeeded yet. A task name this worker does not know fails the job visibly,
  * and can be retried (by a newer worker, in a rolling deploy). A job that `bullmqTransport()` did not
@@ -166,7 +178,7 @@ export interface CreateWorkerOptions extends Omit<WorkerOptions, 'connection'> {
  * const worker = createWorker({ queueName: 'tasks', connection, tasks: [sendConfirmationEmail] });
  * @public
  */
-export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData> {
+export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData | BatchJobData> {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(invalid('options', 'an object', options));
   }
@@ -189,7 +201,20 @@ export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData>
     byName.set(name, task as DefinedTask);
   });
 
-  return new Worker<TasksJobData>(queueName, (job) => runJob(job, byName), workerOptions);
+  let splitInto: Queue | undefined; // made for the first batch: most workers never see one
+  const worker = new Worker<TasksJobData | BatchJobData>(queueName, (job) => {
+    const batch = (job.data as Partial<BatchJobData> | null)?.batch;
+    if (batch === undefined) return runJob(job as Job<TasksJobData>, byName);
+    const { connection, prefix } = workerOptions;
+    splitInto ??= new Queue(queueName, prefix === undefined ? { connection } : { connection, prefix });
+    return splitBatch(job, checkBatch(job, batch), splitInto);
+  }, workerOptions);
+  const closeWorker = worker.close.bind(worker);
+  worker.close = async (force?: boolean) => {
+    await closeWorker(force);
+    await splitInto?.close();
+  };
+  return worker;
 }
 
 /**
@@ -255,6 +280,39 @@ function checkJob(job: Job<TasksJobData>): readonly HandedOffTask[] {
 }
 
 /**
+ * @return the batch's entries, once each has been checked to hold what `bullmqTransport()` puts there
+ * @throws {UnrecoverableError} naming the first entry that does not
+ * @private
+ */
+function checkBatch(job: Job, batch: unknown): readonly TasksJobData[] {
+  const label = `Job ${job.id} (${clip(job.name, MAX_LISTED_LENGTH)})`;
+  let problem = !Array.isArray(batch) ? invalid('batch', 'an array of { tasks }', batch) : batch.length > MAX_JOB_TASKS ? `Expected \`batch\` to hold at most ${MAX_JOB_TASKS} responses, got ${batch.length}` : undefined;
+  for (const [index, entry] of (Array.isArray(batch) ? batch : []).entries()) {
+    if (problem !== undefined) break;
+    const tasks: unknown = (entry as Partial<TasksJobData> | null)?.tasks;
+    problem = Array.isArray(tasks) ? findMalformed(tasks)?.replace('`tasks', `\`batch[${index}].tasks`) : invalid(`batch[${index}].tasks`, 'an array of tasks', tasks);
+  }
+  if (problem !== undefined) {
+    throw new UnrecoverableError(clip(`${label} was not made by bullmqTransport(): ${problem}`, MAX_REASON_LENGTH));
+  }
+  return batch as TasksJobData[];
+}
+
+/**
+ * Adds one job per entry of a staged batch, with the batch job's options. Their ids come from the
+ * batch job's, so when this runs again (the worker died before the batch job completed), BullMQ
+ * adds none of those it still holds.
+ * @private
+ */
+async function splitBatch(job: Job, batch: readonly TasksJobData[], queue: Queue): Promise<void> {
+  const jobOptions: JobsOptions = { ...job.opts };
+  delete jobOptions.delay; // the lease
+  delete jobOptions.jobId;
+  await queue.addBulk(batch.map((data, index) => ({ name: jobName(data.tasks), data, opts: { ...jobOptions, jobId: `${job.id}-${index}` } })));
+  debug('job %s: split into %d jobs, one per response', job.id, batch.length);
+}
+
+/**
  * @return what is wrong with the first task that is not a `{ name, args }`, or with their number
  * @private
  */
@@ -272,33 +330,51 @@ function findMalformed(tasks: readonly unknown[]): string | undefined {
 }
 
 /**
- * The two-phase form of `bullmqTransport()`: a delayed job per response, promoted or removed.
- * The jobs of the responses whose end is held in the same turn of the event loop are added in one
- * `addBulk()`, one pipeline. BullMQ has no bulk promotion or removal, so those of one turn are
- * sent together while the queue's connection is corked: one write to Redis, at the next turn.
+ * The two-phase form of `bullmqTransport()`. The responses whose ends are held in the same turn of
+ * the event loop are staged together, in one delayed job (or more, of at most 1000 tasks each),
+ * all added in one `addBulk()`: BullMQ's cost is per job, and most of a staged response's cost
+ * was its job. The job is promoted once every response in it has been released, and removed when
+ * none has. When some are released while others still wait for their flush (a slow client), the
+ * released ones go in a job of their own that runs at once, and the staged job keeps only the
+ * rest; a discarded response is left out of what finally runs. The finishing Redis calls of one
+ * turn are sent while the queue's connection is corked: one write to Redis, at the next turn.
  * @param queue - where the jobs go
- * @param jobOptions - the user's job options, with the lease as `delay`
+ * @param jobOptions - the user's job options
+ * @param lease - the staged jobs' delay, ms
  * @param timeoutMs - how long a promotion or removal may take
  * @private
  */
-function stagingOf(queue: Pick<Queue, 'addBulk'>, jobOptions: JobsOptions, timeoutMs: number): TaskStaging {
+function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOptions | undefined, lease: number, timeoutMs: number): TaskStaging {
   const connection = connectionOf(queue);
   const stageTurn = perTurn<Later<readonly HandedOffTask[]>>((staged) => {
-    const jobs = staged.map(({ value: tasks }) => ({ name: jobName(tasks), data: { tasks } satisfies TasksJobData, opts: { ...jobOptions, jobId: randomUUID() } }));
+    const batches = batchesOf(staged);
+    const jobs = batches.map(({ entries }) => ({ ...jobOf(entries), opts: { ...jobOptions, delay: lease, jobId: randomUUID() } }));
     queue.addBulk(jobs).then(
-      (stored) => staged.forEach((entry, index) => entry.resolve(stored[index])),
+      (stored) => batches.forEach((batch, index) => {
+        batch.job = stored[index] as Job;
+        batch.entries.forEach((entry) => entry.later.resolve({ batch, entry } satisfies Receipt));
+      }),
       (error: unknown) => staged.forEach((entry) => entry.reject(error)),
     );
   });
-  const finishTurn = perTurn<Later<Job> & { readonly promote: boolean }>((finished) => {
+  const finishTurn = perTurn<Later<Receipt> & { readonly release: boolean }>((finished) => {
     const stream = connection.redis?.stream;
     if (stream?.writable === true) {
       stream.cork();
       setImmediate(() => stream.uncork());
     }
-    for (const { value: job, promote, resolve, reject } of finished) {
-      const done = promote ? withTimeout(job.promote(), timeoutMs, 'promote the job') : withTimeout(job.remove(), timeoutMs, 'remove the job');
-      done.then(resolve, reject);
+    const byBatch = new Map<Batch, (typeof finished)[number][]>();
+    for (const call of finished) {
+      const { batch, entry } = call.value;
+      entry.state = call.release ? 'released' : 'discarded';
+      batch.waiting--;
+      const calls = byBatch.get(batch);
+      if (calls === undefined) byBatch.set(batch, [call]);
+      else calls.push(call);
+    }
+    for (const [batch, calls] of byBatch) {
+      const done = withTimeout(finishBatch(queue, batch, jobOptions), timeoutMs, 'release or remove the job');
+      done.then(() => calls.forEach((call) => call.resolve(undefined)), (error: unknown) => calls.forEach((call) => call.reject(error)));
     }
   });
   return {
@@ -306,13 +382,99 @@ function stagingOf(queue: Pick<Queue, 'addBulk'>, jobOptions: JobsOptions, timeo
     stage(tasks: readonly HandedOffTask[]): Promise<unknown> {
       return refuseLongJob(tasks) ?? new Promise((resolve, reject) => stageTurn({ value: tasks, resolve, reject }));
     },
-    release(job: unknown): Promise<unknown> {
-      return new Promise((resolve, reject) => finishTurn({ value: job as Job, promote: true, resolve, reject }));
+    release(receipt: unknown): Promise<unknown> {
+      return new Promise((resolve, reject) => finishTurn({ value: receipt as Receipt, release: true, resolve, reject }));
     },
-    discard(job: unknown): Promise<unknown> {
-      return new Promise((resolve, reject) => finishTurn({ value: job as Job, promote: false, resolve, reject }));
+    discard(receipt: unknown): Promise<unknown> {
+      return new Promise((resolve, reject) => finishTurn({ value: receipt as Receipt, release: false, resolve, reject }));
     },
   };
+}
+
+/**
+ * The responses staged in one job, and where each stands: `staged` (waiting for its release or
+ * discard), `released`, `discarded`, or `sent` (released early, in a job of its own).
+ * @private
+ */
+interface Batch {
+  /** The staged job, once Redis has stored it. */
+  job: Job | undefined;
+  readonly entries: BatchEntry[];
+  /** How many entries are still `staged`. */
+  waiting: number;
+}
+
+/** One response's tasks in a `Batch`, and the call that staged them. @private */
+interface BatchEntry {
+  readonly later: Later<readonly HandedOffTask[]>;
+  state: 'staged' | 'released' | 'discarded' | 'sent';
+}
+
+/** What `stage()` resolves with, for `release()` or `discard()`: a response's place in its batch. @private */
+interface Receipt {
+  readonly batch: Batch;
+  readonly entry: BatchEntry;
+}
+
+/**
+ * @return the staging calls of one turn, in batches of at most `MAX_JOB_TASKS` tasks in all (each
+ *   call holds at most that many)
+ * @private
+ */
+function batchesOf(staged: readonly Later<readonly HandedOffTask[]>[]): Batch[] {
+  const batches: Batch[] = [];
+  let tasksInLast = Infinity;
+  for (const later of staged) {
+    const entry: BatchEntry = { later, state: 'staged' };
+    const last = batches.at(-1);
+    if (last === undefined || tasksInLast + later.value.length > MAX_JOB_TASKS) {
+      batches.push({ job: undefined, entries: [entry], waiting: 1 });
+      tasksInLast = later.value.length;
+    } else {
+      last.entries.push(entry);
+      last.waiting++;
+      tasksInLast += later.value.length;
+    }
+  }
+  return batches;
+}
+
+/**
+ * After some of a batch's responses have been released or discarded: promotes or removes its job
+ * once none waits any more, and meanwhile sends those released in a job of their own.
+ * @param jobOptions - the user's job options, for that job
+ * @return the Redis calls' completion
+ * @private
+ */
+function finishBatch(queue: Pick<Queue, 'add'>, batch: Batch, jobOptions: JobsOptions | undefined): Promise<unknown> {
+  const job = batch.job as Job; // released or discarded only once stored
+  if (batch.waiting === 0) {
+    const toRun = batch.entries.filter((entry) => entry.state === 'released');
+    if (toRun.length === 0) return job.remove();
+    if (toRun.length === batch.entries.length) return job.promote();
+    // Sent on the same connection, so Redis updates the data before it promotes the job.
+    return Promise.all([job.updateData(jobOf(toRun).data), job.promote()]);
+  }
+  const released = batch.entries.filter((entry) => entry.state === 'released');
+  if (released.length === 0) return Promise.resolve(); // discarded ones are left out at the end
+  for (const entry of released) entry.state = 'sent';
+  const { name, data } = jobOf(released);
+  const staged = batch.entries.filter((entry) => entry.state === 'staged');
+  return Promise.all([queue.add(name, data, { ...jobOptions, jobId: randomUUID() }), job.updateData(jobOf(staged).data)]);
+}
+
+/**
+ * @return the name and data of a job holding the tasks of `entries`: a `TasksJobData` for one
+ *   response, a `BatchJobData` for several
+ * @private
+ */
+function jobOf(entries: readonly BatchEntry[]): { name: string; data: TasksJobData | BatchJobData } {
+  if (entries.length === 1) {
+    const tasks = (entries[0] as BatchEntry).later.value;
+    return { name: jobName(tasks), data: { tasks } };
+  }
+  const names = new Set(entries.flatMap((entry) => entry.later.value.map((task) => task.name)));
+  return { name: `${entries.length} responses: ${[...names].join(',')}`, data: { batch: entries.map((entry) => ({ tasks: entry.later.value })) } };
 }
 
 /**

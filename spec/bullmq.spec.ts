@@ -200,6 +200,101 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     await closeOpened();
   });
 
+  test('the responses that end in the same turn share one staged job, which a worker splits into one job per response', async () => {
+    const queue = await uniqueQueue(redis as Redis);
+    const ran: string[] = [];
+    const step = defineTask('step', (id: string, n: number) => void ran.push(`${id}.${n}`));
+    const gate = deferred();
+    const arrived = deferred();
+    let waiting = 0;
+    const { app, tasks } = appWith({ transport: bullmqTransport({ queue, lease: 60_000, jobOptions: { attempts: 2 } }) }, async (req, res) => {
+      if (++waiting === 3) arrived.resolve();
+      await gate.promise; // all three handlers go on in the same turn
+      res.locals.tasks.add(step, String(req.params.id), 1).add(step, String(req.params.id), 2);
+      res.status(201).end();
+    });
+    await withServer(app, async ({ url }) => {
+      const responses = ['a', 'b', 'c'].map((id) => fetch(`${url}/${id}`, { method: 'POST' }));
+      await arrived.promise;
+      gate.resolve();
+      assert.deepEqual(await Promise.all(responses.map(async (response) => (await response).status)), [201, 201, 201]);
+      await tasks.drain();
+    });
+    const [staged, ...others] = await queue.getJobs(['waiting']);
+    assert.equal(others.length, 0, 'one job for the three responses');
+    assert.equal(staged?.name, '3 responses: step');
+    assert.deepEqual(staged?.data, { batch: ['a', 'b', 'c'].map((id) => ({ tasks: [{ name: 'step', args: [id, 1] }, { name: 'step', args: [id, 2] }] })) });
+
+    const worker = createWorker({ queueName: queue.name, connection, tasks: [step], concurrency: 3 });
+    opened.push(queue, worker);
+    const completed = await jobEvents(worker, 'completed', 4);
+    const split = completed.filter((job) => job.id !== staged?.id);
+    assert.deepEqual(split.map((job) => job.id).sort(), [0, 1, 2].map((index) => `${staged?.id}-${index}`), 'ids made from the staged job\'s');
+    assert.deepEqual(split.map((job) => job.opts.attempts), [2, 2, 2], 'with its job options');
+    assert.deepEqual(split.map((job) => job.opts.delay ?? 0), [0, 0, 0], 'but not its lease');
+    assert.deepEqual(ran.filter((run) => run.startsWith('a')), ['a.1', 'a.2'], 'each response\'s tasks in order');
+    assert.deepEqual([...ran].sort(), ['a.1', 'a.2', 'b.1', 'b.2', 'c.1', 'c.2'], 'each task once');
+    await closeOpened();
+  });
+
+  test('a slow client in a shared staged job keeps only its own tasks staged: the others run at once', async () => {
+    const queue = await uniqueQueue(redis as Redis);
+    const ran: string[] = [];
+    const fastRan = deferred();
+    const notify = defineTask('notify', (id: string) => {
+      ran.push(id);
+      if (id === 'fast') fastRan.resolve();
+    });
+    const worker = createWorker({ queueName: queue.name, connection, tasks: [notify] });
+    opened.push(queue, worker);
+    const body = 'x'.repeat(64 * 2 ** 20); // more than the socket buffers hold
+    const gate = deferred();
+    const arrived = deferred();
+    let waiting = 0;
+    const { app, tasks } = appWith({ transport: bullmqTransport({ queue }) }, async (req, res) => {
+      if (++waiting === 2) arrived.resolve();
+      await gate.promise;
+      res.locals.tasks.add(notify, String(req.params.id));
+      res.end(req.params.id === 'slow' ? body : 'ok');
+    });
+    await withServer(app, async ({ port, url }) => {
+      const socket = net.connect(port, '127.0.0.1');
+      await once(socket, 'connect');
+      socket.pause(); // reads nothing for now
+      socket.write('POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      const fast = fetch(`${url}/fast`, { method: 'POST' });
+      await arrived.promise;
+      gate.resolve();
+      await (await fast).text();
+      await fastRan.promise;
+      const [staged, ...others] = await queue.getJobs(['delayed']);
+      assert.equal(others.length, 0);
+      assert.deepEqual(staged?.data, { tasks: [{ name: 'notify', args: ['slow'] }] }, 'staged: only the slow response\'s task');
+      assert.deepEqual(ran, ['fast']);
+      const slowRan = jobEvents(worker, 'completed', 1);
+      socket.resume();
+      await once(socket, 'end');
+      await tasks.drain();
+      await slowRan;
+    });
+    assert.deepEqual(ran, ['fast', 'slow'], 'each once');
+    await closeOpened();
+  });
+
+  test('a worker that splits a staged job again (it died before completing it) adds none of the jobs it added before', async () => {
+    const queue = await uniqueQueue(redis as Redis);
+    const recorded: string[] = [];
+    const rec = defineTask('rec', (value: string) => void recorded.push(value));
+    const tasksOf = (value: string): TasksJobData => ({ tasks: [{ name: 'rec', args: [value] }] });
+    await queue.add('2 responses: rec', { batch: [tasksOf('a'), tasksOf('b')] }, { jobId: 'staged' });
+    await queue.add('rec', tasksOf('a'), { jobId: 'staged-0' }); // what the first split added
+    const worker = createWorker({ queueName: queue.name, connection, tasks: [rec] });
+    opened.push(queue, worker);
+    await jobEvents(worker, 'completed', 3);
+    assert.deepEqual(recorded.sort(), ['a', 'b']);
+    await closeOpened();
+  });
+
   test("with runOn: 'success', a failed response stores no job, and one whose status turns >= 400 after its staging has its job removed", async () => {
     const queue = await uniqueQueue(redis as Redis);
     opened.push(queue);
@@ -502,6 +597,21 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
   for (const { shape, tasks, reason } of malformedJobs) {
     test(`a job ${shape} fails at once, without retries, and runs none of its tasks`, async () => {
       const { state, job, recorded } = await runStoredJob({ tasks }, [], { attempts: 3 });
+      assert.equal(state, 'failed');
+      assert.equal(job.failedReason, `Job ${job.id} (malformed) was not made by bullmqTransport(): ${reason}`);
+      assert.equal(job.attemptsMade, 1);
+      assert.deepEqual(recorded, []);
+    });
+  }
+
+  const malformedBatches: { shape: string; batch: unknown; reason: string }[] = [
+    { shape: 'whose batch is a string', batch: 'abc', reason: 'Expected `batch` to be an array of { tasks }, got `abc` (string)' },
+    { shape: 'whose batch holds an entry without tasks', batch: [{ tasks: [{ name: 'rec', args: ['a'] }] }, {}], reason: 'Expected `batch[1].tasks` to be an array of tasks, got `undefined` (undefined)' },
+    { shape: 'whose batch holds a malformed task', batch: [{ tasks: [{ name: 'rec' }] }], reason: 'Expected `batch[0].tasks[0].args` to be an array of arguments, got `undefined` (undefined)' },
+  ];
+  for (const { shape, batch, reason } of malformedBatches) {
+    test(`a staged job ${shape} fails at once, without retries, and adds no job`, async () => {
+      const { state, job, recorded } = await runStoredJob({ batch }, [], { attempts: 3 });
       assert.equal(state, 'failed');
       assert.equal(job.failedReason, `Job ${job.id} (malformed) was not made by bullmqTransport(): ${reason}`);
       assert.equal(job.attemptsMade, 1);
