@@ -6,16 +6,17 @@ import { debug, handedOff, report, type Task, taskInfo, taskName, whenSettled } 
 
 /**
  * Where the staged tasks of a response stand: `none` staged; `staging` (the transport has them,
- * the response's end waits); `stored` (waiting for the flush, or for `runOn`'s verdict); `over`
- * (released or discarded, or the staging failed).
+ * the response's end waits); `stored` (waiting for the flush, or for `runOn`'s verdict);
+ * `releasing` (until `release()` settles); `over` (released or discarded, or the staging failed).
  */
-type Staging = 'none' | 'staging' | 'stored' | 'over';
+type Staging = 'none' | 'staging' | 'stored' | 'releasing' | 'over';
 
 /**
  * The defined tasks of one response on their way to the `transport`. With a two-phase transport,
  * the tasks queued when the handler ends the response are staged while the bytes of that end wait
  * here, then released once the response has been flushed, or discarded when `runOn: 'success'`
- * refuses it. Tasks queued later, or with a one-phase transport, are sent once it has been flushed.
+ * refuses it. Tasks queued later, or with a one-phase transport, are sent once it has been flushed
+ * and what was staged has been released (or its staging failed): never before the staged tasks.
  * Tasks the transport could not take are reported as `HandOffError`s and, with `fallback:
  * 'in-process'`, given back to run here. A task counts as pending until the transport has settled.
  * @internal
@@ -37,7 +38,7 @@ export class HandOff {
   #thenStaged: 'release' | 'discard' | undefined = undefined;
   /** Whether the bytes of the response's end are held until the staging settles. */
   #holding = false;
-  /** Whether the response has been flushed and accepted: tasks queued from now on are sent. */
+  /** Whether the response has been flushed and accepted: tasks queued from now on are sent, after any staging. */
   #sending = false;
 
   constructor(settings: Settings, req: Request, res: Response, settle: (count: number) => void, runHere: (tasks: Task[]) => void) {
@@ -111,12 +112,12 @@ export class HandOff {
 
   /**
    * The response has been flushed (or its connection closed) and its tasks are to run: release
-   * what is staged, once stored, and send the rest.
+   * what is staged, once stored, and send the rest after it.
    */
   flushed(): void {
     this.#sending = true;
     this.#afterStaging('release');
-    if (this.#queued.length > 0) this.#send();
+    this.#send();
   }
 
   /**
@@ -176,11 +177,13 @@ export class HandOff {
     const aborted = this.#holding && this.#settings.abortUnstaged;
     this.#letEndThrough(!aborted);
     this.#failed(tasks, cause, aborted);
+    // Then the tasks queued since: should their send fail too, they fall back behind these.
+    if (this.#sending) this.#send();
   }
 
   /** Releases or discards the stored tasks. */
   #finishStaging(outcome: 'release' | 'discard'): void {
-    this.#staging = 'over';
+    this.#staging = outcome === 'release' ? 'releasing' : 'over';
     this.#call(outcome, this.#receipt, this.#staged);
     this.#staged = [];
     this.#receipt = undefined;
@@ -188,11 +191,16 @@ export class HandOff {
 
   /**
    * Calls `release()` or `discard()`; `tasks` stay pending until it settles. When it fails the tasks
-   * stay staged, and their lease runs them.
+   * stay staged, and their lease runs them. Once a release has settled, the tasks queued since go.
    */
   #call(outcome: 'release' | 'discard', receipt: unknown, tasks: Task[]): void {
     const staging = this.#settings.staging as TaskStaging; // only staged tasks get here
-    const done = (): void => this.#settle(tasks.length);
+    const done = (): void => {
+      this.#settle(tasks.length);
+      if (this.#staging !== 'releasing') return;
+      this.#staging = 'over';
+      this.#send();
+    };
     const failed = (error: unknown): void => {
       debug('%s failed: %s; the staged task(s) run when their lease runs out', outcome, messageOf(error));
       done();
@@ -214,10 +222,15 @@ export class HandOff {
     );
   }
 
-  /** Sends the tasks queued so far to the transport. */
+  /**
+   * Sends the tasks queued so far to the transport. While the staged tasks are not released yet
+   * they wait: a transport may store a send before a release called earlier (BullMQ's promotions
+   * go a turn later), and its workers would then run them before the tasks added before them.
+   */
   #send(): void {
     const tasks = this.#queued;
     if (tasks.length === 0) return; // given up on by close() since this send was scheduled
+    if (this.#staging === 'staging' || this.#staging === 'releasing') return; // sent once settled
     this.#queued = [];
     // Set: tasks are put aside for a transport only when there is one.
     const transport = this.#settings.transport as TaskTransport;

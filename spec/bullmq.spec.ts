@@ -359,6 +359,27 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     await closeOpened();
   });
 
+  test("defined tasks added after the end reach Redis after the staged job's promotion: a worker taking one job at a time runs the staged ones first", async () => {
+    const queue = await uniqueQueue(redis as Redis);
+    opened.push(queue);
+    const ran: string[] = [];
+    const index = defineTask('index', (id: string) => void ran.push(id));
+    const { app, tasks } = appWith({ transport: bullmqTransport({ queue, lease: 60_000 }) }, (_req, res) => {
+      res.locals.tasks.add(index, 'before the end');
+      res.end();
+      res.locals.tasks.add(index, 'after the end');
+    });
+    await withServer(app, async ({ url }) => {
+      await fetch(`${url}/1`, { method: 'POST' });
+      await tasks.drain();
+    });
+    const worker = createWorker({ queueName: queue.name, connection, tasks: [index], concurrency: 1 });
+    opened.push(worker);
+    await jobEvents(worker, 'completed', 2);
+    assert.deepEqual(ran, ['before the end', 'after the end']);
+    await closeOpened();
+  });
+
   test('SIGKILLed at random instants under load, a staging web process loses no task of a response its client received in full', async (t) => {
     const trials = 10;
     const clients = 4;

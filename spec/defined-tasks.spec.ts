@@ -508,6 +508,11 @@ async function stillPending(promise: Promise<unknown>, ms = 50): Promise<boolean
   return !settled;
 }
 
+/** The first argument of each task, joined by `,`: what a spec's transport records of a call. */
+function firstArgs(tasks: readonly HandedOffTask[]): string {
+  return tasks.map((task) => String(task.args[0])).join(',');
+}
+
 /** Resolves once `socket` has received data matching `pattern`, with everything received so far. */
 function received(socket: Socket, pattern: RegExp): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -787,6 +792,131 @@ describe('a transport with `staging`', () => {
     assert.deepEqual(watch.faults, []);
     assert.deepEqual(outbox.calls, ['insert index staged', 'runNow 1']);
     assert.equal(tasks.pending, 0);
+  });
+
+  it('a client that resets while its response is held: tasks added after the end are sent only once the staged ones are released, in add() order', async () => {
+    const outbox = memoryOutbox({ gated: true });
+    const clientLeft = deferred();
+    const tasks = backgroundTasks({ transport: outboxTransport(outbox) });
+    const app = express();
+    app.use(tasks);
+    app.get('/', async (_req, res) => {
+      res.on('close', () => clientLeft.resolve());
+      res.locals.tasks.add(index, 'before the end');
+      res.send('never read');
+      res.locals.tasks.add(index, 'after the end');
+      await clientLeft.promise;
+      res.locals.tasks.add(index, 'after the client left');
+    });
+    await withServer(app, async ({ port }) => {
+      const socket = await rawRequest(port, '/');
+      await outbox.inserted(1);
+      socket.resetAndDestroy();
+      await clientLeft.promise;
+      outbox.store();
+      await tasks.drain();
+    });
+    assert.deepEqual(outbox.calls, ['insert index staged', 'runNow 1', 'insert index,index']);
+    assert.deepEqual([...outbox.rows.values()].map((row) => row.tasks.map((task) => task.args[0])), [['before the end'], ['after the end', 'after the client left']]);
+  });
+
+  it("a staging that fails after its client reset: with fallback: 'in-process', the tasks added after the end are sent after it failed, and run here after the staged ones when their send fails too", async () => {
+    const calls: string[] = [];
+    const ran: string[] = [];
+    const reported: unknown[] = [];
+    const notify = defineTask('notify', (who: string) => void ran.push(who));
+    const staging = deferred();
+    const refuse = deferred();
+    const transport: TaskTransport = {
+      send(handed) {
+        calls.push(`send ${firstArgs(handed)}`);
+        return Promise.reject(new Error('outbox down'));
+      },
+      staging: {
+        timeout: 2_000,
+        stage(handed) {
+          calls.push(`stage ${firstArgs(handed)}`);
+          staging.resolve();
+          return refuse.promise.then(() => {
+            calls.push('stage failed');
+            throw new Error('outbox down');
+          });
+        },
+        release: () => Promise.resolve(),
+        discard: () => Promise.resolve(),
+      },
+    };
+    const clientLeft = deferred();
+    const tasks = backgroundTasks({ transport, stagingFailure: 'respond', fallback: 'in-process', onError: (error) => reported.push(error) });
+    const app = express();
+    app.use(tasks);
+    app.get('/', (_req, res) => {
+      res.on('close', () => clientLeft.resolve());
+      res.locals.tasks.add(notify, 'before the end');
+      res.send('never read');
+      res.locals.tasks.add(notify, 'after the end');
+    });
+    await withServer(app, async ({ port }) => {
+      const socket = await rawRequest(port, '/');
+      await staging.promise;
+      socket.resetAndDestroy();
+      await clientLeft.promise;
+      refuse.resolve();
+      await tasks.drain();
+    });
+    assert.deepEqual(calls, ['stage before the end', 'stage failed', 'send after the end']);
+    assert.deepEqual(ran, ['before the end', 'after the end']);
+    assert.deepEqual(reported.map((error) => (error as Error).message), Array(2).fill('Task notify could not be handed off, so it runs in this process: outbox down'));
+    assert.equal(tasks.pending, 0);
+  });
+
+  it('tasks added after the end while the staging is in progress are sent once the response has been flushed and the release has settled', async () => {
+    const calls: string[] = [];
+    const storing = deferred();
+    const releasing = deferred();
+    const acknowledge = deferred();
+    const transport: TaskTransport = {
+      send(handed) {
+        calls.push(`send ${firstArgs(handed)}`);
+        return Promise.resolve();
+      },
+      staging: {
+        timeout: 2_000,
+        stage(handed) {
+          calls.push(`stage ${firstArgs(handed)}`);
+          return storing.promise.then(() => 'row-1');
+        },
+        release(receipt) {
+          calls.push(`release ${String(receipt)}`);
+          releasing.resolve();
+          return acknowledge.promise.then(() => void calls.push('released'));
+        },
+        discard: () => Promise.resolve(),
+      },
+    };
+    const addedWhileStaging = deferred();
+    const tasks = backgroundTasks({ transport });
+    const app = express();
+    app.use(tasks);
+    app.post('/', async (_req, res) => {
+      res.on('finish', () => calls.push('response flushed'));
+      res.locals.tasks.add(index, 'before the end');
+      res.end('ok');
+      res.locals.tasks.add(index, 'after the end');
+      await Promise.resolve();
+      res.locals.tasks.add(index, 'while staging');
+      addedWhileStaging.resolve();
+    });
+    await withServer(app, async ({ url }) => {
+      const response = fetch(url, { method: 'POST' });
+      await addedWhileStaging.promise;
+      storing.resolve();
+      assert.equal(await (await response).text(), 'ok');
+      await releasing.promise;
+      acknowledge.resolve();
+      await tasks.drain();
+    });
+    assert.deepEqual(calls, ['stage before the end', 'response flushed', 'release row-1', 'released', 'send after the end,while staging']);
   });
 
   it('a client that left before the end: its tasks are sent once it has gone, and those added later are sent too, not staged', async () => {
