@@ -349,13 +349,14 @@ function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOption
   const stageTurn = perTurn<Later<readonly HandedOffTask[]>>((staged) => {
     const batches = batchesOf(staged);
     const jobs = batches.map(({ entries }) => ({ ...jobOf(entries), opts: { ...jobOptions, delay: lease, jobId: randomUUID() } }));
-    queue.addBulk(jobs).then(
-      (stored) => batches.forEach((batch, index) => {
-        batch.job = stored[index] as Job;
-        batch.entries.forEach((entry) => entry.later.resolve({ batch, entry } satisfies Receipt));
-      }),
-      (error: unknown) => staged.forEach((entry) => entry.reject(error)),
-    );
+    // Whatever a stand-in queue throws or resolves with ends as these stagings' failure.
+    Promise.resolve()
+      .then(() => queue.addBulk(jobs))
+      .then((stored) => batches.forEach((batch, index) => (batch.job = stored[index])))
+      .then(
+        () => batches.forEach((batch) => batch.entries.forEach((entry) => entry.later.resolve({ batch, entry } satisfies Receipt))),
+        (error: unknown) => staged.forEach((entry) => entry.reject(error)),
+      );
   });
   const finishTurn = perTurn<Later<Receipt> & { readonly release: boolean }>((finished) => {
     const stream = connection.redis?.stream;
@@ -373,7 +374,7 @@ function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOption
       else calls.push(call);
     }
     for (const [batch, calls] of byBatch) {
-      const done = withTimeout(finishBatch(queue, batch, jobOptions), timeoutMs, 'release or remove the job');
+      const done = withTimeout(Promise.resolve().then(() => finishBatch(queue, batch, jobOptions)), timeoutMs, 'release or remove the job');
       done.then(() => calls.forEach((call) => call.resolve(undefined)), (error: unknown) => calls.forEach((call) => call.reject(error)));
     }
   });

@@ -86,6 +86,53 @@ Promise<{ state: string; job: Job<TasksJobData>; recorded: unknown[][] }> {
   return { state, job, recorded };
 }
 
+describe('bullmqTransport() with a stand-in queue', () => {
+  const hostileQueues: [string, (jobs: unknown[]) => unknown, string][] = [
+    ['whose addBulk() throws', () => {
+      throw new Error('addBulk is broken');
+    }, 'addBulk is broken'],
+    ['whose addBulk() resolves with null', async () => null, 'Cannot read properties of null'],
+    ['whose addBulk() returns a thenable that throws', () => ({
+      then() {
+        throw new Error('then is broken');
+      },
+    }), 'then is broken'],
+  ];
+  for (const [label, addBulk, reason] of hostileQueues) {
+    test(`a staging on a queue ${label} fails, reported, and the process carries on`, async () => {
+      const notify = defineTask('notify', (_id: string) => {});
+      const errors: unknown[] = [];
+      const queue = { add: async () => ({}), addBulk } as unknown as Queue;
+      const { app, tasks } = appWith({ transport: bullmqTransport({ queue, timeout: 1000 }), stagingFailure: 'respond', onError: (error) => void errors.push(error) }, (req, res) => {
+        res.locals.tasks.add(notify, String(req.params.id));
+        res.status(201).end();
+      });
+      await withServer(app, async ({ url }) => {
+        assert.equal((await fetch(`${url}/1`, { method: 'POST' })).status, 201);
+        await tasks.drain();
+      });
+      assert.equal(errors.length, 1);
+      assert.ok(errors[0] instanceof HandOffError);
+      assert.match((errors[0] as Error).message, new RegExp(`^Task notify could not be handed off: .*${reason}`));
+    });
+  }
+
+  test('a staging on a queue whose addBulk() resolves with no jobs is released without a crash, left to its lease', async () => {
+    const notify = defineTask('notify', () => {});
+    const errors: unknown[] = [];
+    const queue = { add: async () => ({}), addBulk: async () => [undefined] } as unknown as Queue;
+    const { app, tasks } = appWith({ transport: bullmqTransport({ queue, timeout: 1000 }), onError: (error) => void errors.push(error) }, (_req, res) => {
+      res.locals.tasks.add(notify);
+      res.status(201).end();
+    });
+    await withServer(app, async ({ url }) => {
+      assert.equal((await fetch(`${url}/1`, { method: 'POST' })).status, 201);
+      await tasks.drain();
+    });
+    assert.deepEqual(errors, [], 'a failed release is not an error of the tasks');
+  });
+});
+
 describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
   test('stages a response\'s defined tasks as one delayed job before its end is let through, and promotes it once the response has been flushed', async () => {
     const queue = await uniqueQueue(redis as Redis);
