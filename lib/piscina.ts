@@ -138,6 +138,11 @@ export function piscinaTransport(options: PiscinaTransportOptions): PiscinaTrans
       return pool.run({ module, name, args } satisfies ThreadTask, { signal });
     },
     close(): Promise<void> {
+      // piscina starts threads up to `minThreads` whenever a thread it terminated before destroy()
+      // (idle past `idleTimeout`, or stopped with a task that timed out or was given up on) reports
+      // its exit, even once destroy() has resolved; such a thread holds the process until it has
+      // started. `options` is the pool's own object: with no minimum, nothing is started again.
+      pool.options.minThreads = 0;
       return pool.destroy();
     },
   };

@@ -2,11 +2,14 @@
 // module spec/fixtures/pool-tasks.ts through tsx, and real HTTP. The core is proven against
 // Express 4 and 5 elsewhere; these specs use Express 5.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import type { Worker } from 'node:worker_threads';
 import { after, describe, test } from 'node:test';
 import express from 'express';
-import { backgroundTasks, defineTask, ShutdownError, TimeoutError, type BackgroundTasksOptions, type TaskInfo, type TaskQueue } from '../lib/index.js';
+import { backgroundTasks, defineTask, ShutdownError, TimeoutError, type BackgroundTasksOptions, type CloseSummary, type TaskInfo, type TaskQueue } from '../lib/index.js';
 import { bullmqTransport, createWorker } from '../lib/bullmq.js';
 import { piscinaTransport, type PiscinaTransport, type PiscinaTransportOptions } from '../lib/piscina.js';
 import { burnCpu, exhaustMemory, exitThread, failInThread, noop, runaway } from './fixtures/pool-tasks.js';
@@ -339,6 +342,50 @@ describe('piscinaTransport(): defined tasks on a pool of worker threads', () => 
       });
     }
   });
+});
+
+describe('piscinaTransport(): a process closed with close() exits by itself (child process)', { timeout: 60_000 }, () => {
+  /** What spec/fixtures/pool-exit-server.mjs prints as it exits, in ms since SIGTERM. */
+  interface ExitOutcome {
+    readonly summary: CloseSummary;
+    readonly closedMs: number;
+    /** When the thread that ran the stuck task ended. */
+    readonly threadEndedMs: number | null;
+    readonly exitMs: number;
+    readonly threadsAtExit: number;
+  }
+
+  for (const [how, execArgv] of [['compiled JavaScript on plain node', []], ['the same, run through tsx', ['--import', 'tsx']]] as const) {
+    test(`${how}: once close() has resolved and the thread of a task it gave up on has ended, the process exits at once, the pool starting no thread after close()`, async (t) => {
+      assert.ok(existsSync('dist/esm/piscina.js'), 'dist/ is missing: run `npm run build` before this spec');
+      const child = spawn(process.execPath, [...execArgv, 'spec/fixtures/pool-exit-server.mjs'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const exited = once(child, 'exit');
+      const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+      const stopper = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      try {
+        const { port } = JSON.parse(String((await lines.next()).value)) as { port: number };
+        for (const path of ['/noop', '/noop', '/noop']) {
+          assert.equal((await fetch(`http://127.0.0.1:${port}${path}`, { method: 'POST' })).status, 202);
+        }
+        // Blocked in a synchronous call, it outlives close()'s deadline, and its thread ends only once the call returns.
+        assert.equal((await fetch(`http://127.0.0.1:${port}/block/1500`, { method: 'POST' })).status, 202);
+        await delay(250); // for it to be running on the thread
+        child.kill('SIGTERM');
+        const outcome = JSON.parse(String((await lines.next()).value)) as ExitOutcome;
+        const [code] = (await exited) as [number | null];
+        t.diagnostic(`close() resolved ${outcome.closedMs} ms after SIGTERM, the stuck thread ended at ${outcome.threadEndedMs} ms, the process exited at ${outcome.exitMs} ms`);
+        assert.equal(code, 0);
+        assert.equal(outcome.summary.abandoned, 1, 'close() gave up on the stuck task');
+        assert.ok(outcome.threadEndedMs !== null, 'its thread was terminated');
+        const lastToEnd = Math.max(outcome.closedMs, outcome.threadEndedMs);
+        assert.ok(outcome.exitMs - lastToEnd < 1000, `exited ${outcome.exitMs - lastToEnd} ms after close() had resolved and the thread had ended`);
+        assert.equal(outcome.threadsAtExit, 0, 'the pool started no thread after close()');
+      } finally {
+        clearTimeout(stopper);
+        child.kill('SIGKILL');
+      }
+    });
+  }
 });
 
 describe('piscinaTransport() beside bullmqTransport(): CPU work on threads, must-not-lose work in Redis', () => {
