@@ -8,7 +8,7 @@ import type { Socket } from 'node:net';
 import { type ConnectionOptions, type Job, type JobsOptions, Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
-import { checkOptionNames, checkTimeout, type HandedOffTask, type TaskStaging, type TaskTransport } from './options.js';
+import { checkOptions, checkTimeout, type HandedOffTask, type TaskStaging, type TaskTransport } from './options.js';
 import { debug } from './task.js';
 
 /**
@@ -109,10 +109,7 @@ export interface BatchJobData {
  * @public
  */
 export function bullmqTransport(options: BullmqTransportOptions): TaskTransport {
-  if (options === null || typeof options !== 'object') {
-    throw new TypeError(invalid('options', 'an object', options));
-  }
-  checkOptionNames('bullmqTransport()', options, TRANSPORT_OPTION_NAMES);
+  checkOptions('bullmqTransport()', options, TRANSPORT_OPTION_NAMES, '{ queue }');
   const { queue, jobOptions, timeout = 10_000, stage = true, lease } = options;
   if (typeof (queue as Partial<Queue> | null)?.add !== 'function' || typeof (queue as Partial<Queue>).addBulk !== 'function') {
     throw new TypeError(invalid('queue', 'a BullMQ Queue', queue));

@@ -28,7 +28,8 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
    * `server.close()`; calling it again returns the same promise.
    * @param options - `{ timeout }`, in ms (default 10000)
    * @return what became of the pending tasks
-   * @throws {TypeError|RangeError} for an invalid `timeout`
+   * @throws {TypeError|RangeError} for an invalid `timeout`; a TypeError for options that are not
+   *   a plain object, an unknown option (inherited ones too), or a `server` that is not one
    * @example
    * process.once('SIGTERM', async () => {
    *   server.close();
@@ -44,8 +45,9 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
  * one after another once the response has been sent.
  * @param options - see `BackgroundTasksOptions`
  * @return the middleware, with `drain()` and `pending`
- * @throws {TypeError} an option of the wrong type, an unknown option, or a request: the factory
- *   was mounted itself, `app.use(backgroundTasks)`, and Express called it with each request
+ * @throws {TypeError} options that are not a plain object, an option of the wrong type, an unknown
+ *   option (inherited or not enumerable ones too), or a request: the factory was mounted itself,
+ *   `app.use(backgroundTasks)`, and Express called it with each request
  * @throws {RangeError} a number option out of range
  * @example
  * const tasks = backgroundTasks({ onError: (error, { name }) => log.error(error, name) });

@@ -255,10 +255,7 @@ export interface Settings {
  */
 export function resolveOptions(options: BackgroundTasksOptions | undefined): Settings {
   if (options === undefined) options = {};
-  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
-    throw new TypeError(invalid('options', 'an object', options));
-  }
-  checkOptionNames('backgroundTasks()', options, OPTION_NAMES);
+  checkOptions('backgroundTasks()', options, OPTION_NAMES, '{ timeout: 30_000, concurrency: 4 }');
 
   const {
     onError = reportToStderr,
@@ -302,23 +299,41 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
 }
 
 /**
- * Refuses a key of `options` that the factory does not read, so that a misspelled option fails
- * instead of silently leaving its default in place.
- * @param factory - whose options these are, e.g. `backgroundTasks()`
- * @param options - the options object as given
- * @param known - the options the factory reads
- * @throws {TypeError} naming the first unknown key and the option it most likely misspells, or
- *   listing the options when none is close
+ * Checks options as the function that takes them reads them, by destructuring: refuses what is not
+ * an options object (an array, a Map, a Date or another built-in object), and any key that
+ * destructuring could find on it and the function does not read, so that a misspelled option fails
+ * instead of silently leaving its default in place. Those keys are its own, enumerable or not, and
+ * those it inherits (`Object.create({ concurency: 4 })`, a class's methods) short of the keys of
+ * `Object.prototype`, of any realm (a vm context, Jest's test environment).
+ * @param owner - whose options these are, e.g. `backgroundTasks()`
+ * @param options - the options as given
+ * @param known - the options it reads
+ * @param example - options to show in the message, e.g. `{ server, timeout: 10_000 }`
+ * @throws {TypeError} when `options` is not an object or is a built-in one; naming the first
+ *   unknown key and the option it most likely misspells, or listing the options when none is close
  * @internal
  */
-export function checkOptionNames(factory: string, options: object, known: readonly string[]): void {
-  for (const key of Object.keys(options)) {
-    if (known.includes(key)) continue;
-    const meant = closest(key, known);
-    const hint = meant === undefined ? known.join(', ') : `did you mean \`${meant}\`?`;
-    throw new TypeError(invalid(key, `an option of ${factory} (${hint})`, (options as Record<string, unknown>)[key]));
+export function checkOptions(owner: string, options: unknown, known: readonly string[], example: string): asserts options is object {
+  if (options === null || typeof options !== 'object') {
+    throw new TypeError(invalid('options', `an object such as ${example}`, options));
+  }
+  if (Object.prototype.toString.call(options) !== '[object Object]') {
+    throw new TypeError(invalid('options', `a plain object such as ${example}, not an array, a Map or another built-in object`, options));
+  }
+  for (let level: object | null = options; level !== null; level = Object.getPrototypeOf(level) as object | null) {
+    const inherited = level !== options;
+    for (const key of Object.getOwnPropertyNames(level)) {
+      if (known.includes(key) || (inherited && OBJECT_KEYS.has(key))) continue;
+      const meant = closest(key, known);
+      const hint = meant === undefined ? known.join(', ') : `did you mean \`${meant}\`?`;
+      const where = inherited ? '; inherited from the prototype of `options`' : '';
+      throw new TypeError(invalid(key, `an option of ${owner} (${hint}${where})`, (options as Record<string, unknown>)[key]));
+    }
   }
 }
+
+/** The keys of `Object.prototype`, which every options object inherits and none is an option. */
+const OBJECT_KEYS = new Set(Object.getOwnPropertyNames(Object.prototype));
 
 /** The keys `backgroundTasks()` reads; `satisfies` keeps the list in step with the interface. */
 const OPTION_NAMES = Object.keys({

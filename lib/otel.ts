@@ -6,7 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import { context, type Span, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import { describeError, invalid, messageOf } from './errors.js';
-import { checkOptionNames, type TaskInfo } from './options.js';
+import { checkOptions, type TaskInfo } from './options.js';
 import { debug, taskTracing, type TaskTraceContext } from './task.js';
 
 /**
@@ -46,10 +46,7 @@ export interface TaskSpansOptions {
  */
 export function taskSpans(options?: TaskSpansOptions): (info: TaskInfo, run: () => unknown) => unknown {
   if (options === undefined) options = {};
-  if (options === null || typeof options !== 'object') {
-    throw new TypeError(invalid('options', 'an object', options));
-  }
-  checkOptionNames('taskSpans()', options, OPTION_NAMES);
+  checkOptions('taskSpans()', options, OPTION_NAMES, '{ newTrace: true }');
   const { tracer = trace.getTracer('express-background-tasks'), newTrace = false } = options;
   if (typeof (tracer as Partial<Tracer> | null)?.startSpan !== 'function') {
     throw new TypeError(invalid('tracer', 'an OpenTelemetry Tracer, such as trace.getTracer(name)', tracer));

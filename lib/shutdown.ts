@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
 import type { Server } from 'node:net';
 import { holdingAnEnd } from './handoff.js';
-import { checkOptionNames, checkTimeout, type TaskRunner } from './options.js';
+import { checkOptions, checkTimeout, type TaskRunner } from './options.js';
 import type { Scheduler } from './scheduler.js';
 import { debug, whenSettled } from './task.js';
 import { describeError, invalid } from './errors.js';
@@ -56,10 +56,7 @@ export interface CloseSummary {
  */
 export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefined): Promise<CloseSummary> {
   if (options === undefined) options = {};
-  if (options === null || typeof options !== 'object') {
-    throw new TypeError(invalid('options', 'an object such as { server, timeout: 10_000 }', options));
-  }
-  checkOptionNames('close()', options, ['server', 'timeout']);
+  checkOptions('close()', options, ['server', 'timeout'], '{ server, timeout: 10_000 }');
   const { server, timeout = 10_000 } = options;
   const timeoutMs = checkTimeout(timeout, true);
   if (server !== undefined && typeof (server as Partial<Server> | null)?.close !== 'function') {

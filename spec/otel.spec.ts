@@ -250,7 +250,7 @@ describe('taskSpans() options', () => {
       name: 'TypeError',
       message: 'Expected `newTrace` to be a boolean or a function (info) => boolean, got `long` (string)',
     });
-    assert.throws(() => taskSpans(null as never), { name: 'TypeError', message: 'Expected `options` to be an object, got `null` (object)' });
+    assert.throws(() => taskSpans(null as never), { name: 'TypeError', message: 'Expected `options` to be an object such as { newTrace: true }, got `null` (object)' });
     assert.throws(() => taskSpans({ newTrce: true } as never), {
       name: 'TypeError',
       message: 'Expected `newTrce` to be an option of taskSpans() (did you mean `newTrace`?), got `true` (boolean)',

@@ -2,15 +2,16 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { runInNewContext } from 'node:vm';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import { backgroundTasks, defineTask, type BackgroundTasksOptions, withSignal } from '../lib/index.js';
+import { backgroundTasks, defineTask, QueueFullError, type BackgroundTasksOptions, type CloseOptions, withSignal } from '../lib/index.js';
 import { bullmqTransport, createWorker, type BullmqTransportOptions, type CreateWorkerOptions } from '../lib/bullmq.js';
+import { taskSpans, type TaskSpansOptions } from '../lib/otel.js';
 import { expressVersions, withServer } from './support/http.js';
 
 describe('bad input is refused at once', () => {
   const invalidOptions: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
-    ['fast', TypeError, 'Expected `options` to be an object, got `fast` (string)'],
-    [null, TypeError, 'Expected `options` to be an object, got `null` (object)'],
-    [[{ timeout: 5 }], TypeError, 'Expected `options` to be an object, got `[ { timeout: 5 } ]` (object)'],
+    ['fast', TypeError, 'Expected `options` to be an object such as { timeout: 30_000, concurrency: 4 }, got `fast` (string)'],
+    [null, TypeError, 'Expected `options` to be an object such as { timeout: 30_000, concurrency: 4 }, got `null` (object)'],
+    [[{ timeout: 5 }], TypeError, 'Expected `options` to be a plain object such as { timeout: 30_000, concurrency: 4 }, not an array, a Map or another built-in object, got `[ { timeout: 5 } ]` (object)'],
     [{ onError: 'log' }, TypeError, 'Expected `onError` to be a function, got `log` (string)'],
     [{ timeout: 'soon' }, TypeError, 'Expected `timeout` to be a number of milliseconds, got `soon` (string)'],
     [{ timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, or Infinity, got `0` (number)'],
@@ -81,6 +82,72 @@ describe('bad input is refused at once', () => {
       });
     });
   }
+
+  // Each reads its options by destructuring, which finds inherited and non-enumerable keys too.
+  const bullmqQueue = { add: async () => ({}), addBulk: async () => [] } as unknown as BullmqTransportOptions['queue'];
+  const optionTakers: [owner: string, example: string, take: (options: unknown) => unknown, misspelled: string, meant: string, required?: object][] = [
+    ['backgroundTasks()', '{ timeout: 30_000, concurrency: 4 }', (options) => backgroundTasks(options as BackgroundTasksOptions), 'concurency', 'concurrency'],
+    ['close()', '{ server, timeout: 10_000 }', (options) => backgroundTasks().close(options as CloseOptions), 'timout', 'timeout'],
+    ['bullmqTransport()', '{ queue }', (options) => bullmqTransport(options as BullmqTransportOptions), 'jobOption', 'jobOptions', { queue: bullmqQueue }],
+    ['taskSpans()', '{ newTrace: true }', (options) => taskSpans(options as TaskSpansOptions), 'newTrce', 'newTrace'],
+  ];
+  for (const [owner, example, take, misspelled, meant, required = {}] of optionTakers) {
+    for (const [shape, options, shown] of [
+      ['an array', [required], `[ ${Object.keys(required).length === 0 ? '{}' : '{ queue: [Object] }'} ]`],
+      ['a Map', new Map(Object.entries({ ...required, [meant]: 1 })), 'Map('],
+      ['a Date', new Date(0), '1970-01-01T00:00:00.000Z'],
+    ] as const) {
+      it(`${owner} refuses ${shape} for its options with a TypeError asking for a plain object`, () => {
+        assert.throws(() => take(options), (error: unknown) => {
+          assert.ok(error instanceof TypeError, String(error));
+          const expected = `Expected \`options\` to be a plain object such as ${example}, not an array, a Map or another built-in object, got \``;
+          assert.ok(error.message.startsWith(expected) && error.message.includes(shown) && error.message.endsWith('(object)'), error.message);
+          return true;
+        });
+      });
+    }
+
+    it(`${owner} refuses a misspelled option that its options inherit, naming it and the option it misspells`, () => {
+      const options = Object.assign(Object.create({ [misspelled]: 1 }) as object, required);
+      assert.throws(() => take(options), {
+        name: 'TypeError',
+        message: `Expected \`${misspelled}\` to be an option of ${owner} (did you mean \`${meant}\`?; inherited from the prototype of \`options\`), got \`1\` (number)`,
+      });
+    });
+
+    it(`${owner} refuses a misspelled option that is not enumerable, naming it and the option it misspells`, () => {
+      const options = Object.defineProperty({ ...required }, misspelled, { value: 1, enumerable: false });
+      assert.throws(() => take(options), {
+        name: 'TypeError',
+        message: `Expected \`${misspelled}\` to be an option of ${owner} (did you mean \`${meant}\`?), got \`1\` (number)`,
+      });
+    });
+  }
+
+  it('backgroundTasks() reads an option its options inherit, as destructuring does, and takes plain objects of any kind', () => {
+    const res = respondWith(backgroundTasks(Object.create({ maxPending: 1 }) as BackgroundTasksOptions));
+    res.locals.tasks.add(() => {});
+    assert.throws(() => res.locals.tasks.add(() => {}), QueueFullError, 'the inherited maxPending: 1 applies');
+    class Settings {
+      timeout = 1000;
+      get concurrency(): number {
+        return 2;
+      }
+    }
+    const nullPrototype = Object.assign(Object.create(null) as object, { timeout: 1000 });
+    const otherRealm = runInNewContext('({ timeout: 1000, concurrency: 2 })') as BackgroundTasksOptions;
+    for (const options of [new Settings(), nullPrototype, otherRealm, Object.freeze({ timeout: 1000 })]) {
+      assert.equal(backgroundTasks(options).pending, 0);
+    }
+    assert.throws(() => backgroundTasks(runInNewContext('({ timout: 1000 })') as BackgroundTasksOptions), { name: 'TypeError', message: /^Expected `timout` to be an option of backgroundTasks\(\) \(did you mean `timeout`\?\)/ });
+    class WithMethod {
+      timeout = 1000;
+      describe(): string {
+        return 'a second';
+      }
+    }
+    assert.throws(() => backgroundTasks(new WithMethod()), { name: 'TypeError', message: /^Expected `describe` to be an option of backgroundTasks\(\) \(onError, .*; inherited from the prototype of `options`\), got `\[Function: describe\]` \(function\)$/ });
+  });
 
   it('add() and defineTask() refuse a generator function of another realm (vm) too', () => {
     const generator = runInNewContext('(function* poll() {})') as () => void;
@@ -195,7 +262,7 @@ describe('bad input is refused at once', () => {
 
   const queue = { add: async () => ({}), addBulk: async () => [] } as unknown as BullmqTransportOptions['queue'];
   const invalidTransports: [options: unknown, error: typeof TypeError | typeof RangeError, message: string][] = [
-    [undefined, TypeError, 'Expected `options` to be an object, got `undefined` (undefined)'],
+    [undefined, TypeError, 'Expected `options` to be an object such as { queue }, got `undefined` (undefined)'],
     [{ queue: 'tasks' }, TypeError, 'Expected `queue` to be a BullMQ Queue, got `tasks` (string)'],
     [{ queue, jobOptions: 3 }, TypeError, 'Expected `jobOptions` to be an object of BullMQ job options, got `3` (number)'],
     [{ queue, timeout: '5s' }, TypeError, 'Expected `timeout` to be a number of milliseconds, got `5s` (string)'],
@@ -235,8 +302,12 @@ describe('bad input is refused at once', () => {
 
 /** Calls `add(fn)` on a queue of a response that is never sent, as a handler would. */
 function checkAdd(fn: () => void): void {
-  const middleware = backgroundTasks();
+  respondWith(backgroundTasks()).locals.tasks.add(fn);
+}
+
+/** @return a response that `middleware` has given its queue, and that is never sent */
+function respondWith(middleware: ReturnType<typeof backgroundTasks>): Response {
   const res = { locals: {} } as unknown as Response;
   middleware({ socket: {} } as unknown as Request, res, () => {});
-  res.locals.tasks.add(fn);
+  return res;
 }
