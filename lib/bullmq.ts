@@ -16,6 +16,12 @@ import { debug } from './task.js';
  * job would have Redis rewrite an ever larger progress object after every task.
  */
 const MAX_JOB_TASKS = 1000;
+/**
+ * Milliseconds the responses released from a shared staged job wait for the others in it (still
+ * being flushed) before they go in a job of their own. Responses that end in the same turn are
+ * mostly flushed within a few turns of each other; only a slow client takes longer.
+ */
+const SHARED_JOB_GRACE_MS = 100;
 /** The longest `failedReason` a worker has Redis store, in characters. */
 const MAX_REASON_LENGTH = 4096;
 /** The longest stack trace a worker has Redis store per attempt, in characters. */
@@ -355,24 +361,30 @@ function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOption
         (error: unknown) => staged.forEach((entry) => entry.reject(error)),
       );
   });
-  const finishTurn = perTurn<Later<Receipt> & { readonly release: boolean }>((finished) => {
+  const finishTurn = perTurn<Finish>((finished) => {
     const stream = connection.redis?.stream;
     if (stream?.writable === true) {
       stream.cork();
       setImmediate(() => stream.uncork());
     }
-    const byBatch = new Map<Batch, (typeof finished)[number][]>();
+    const touched = new Set<Batch>();
     for (const call of finished) {
       const { batch, entry } = call.value;
       entry.state = call.release ? 'released' : 'discarded';
       batch.waiting--;
-      const calls = byBatch.get(batch);
-      if (calls === undefined) byBatch.set(batch, [call]);
-      else calls.push(call);
+      batch.calls.push(call);
+      touched.add(batch);
     }
-    for (const [batch, calls] of byBatch) {
-      const done = withTimeout(Promise.resolve().then(() => finishBatch(queue, batch, jobOptions)), timeoutMs, 'release or remove the job');
-      done.then(() => calls.forEach((call) => call.resolve(undefined)), (error: unknown) => calls.forEach((call) => call.reject(error)));
+    for (const batch of touched) {
+      if (batch.waiting === 0) {
+        clearTimeout(batch.grace);
+        settleCalls(batch, () => finishBatch(batch), timeoutMs);
+      } else if (batch.grace === undefined && batch.entries.some((entry) => entry.state === 'released')) {
+        batch.grace = setTimeout(() => {
+          batch.grace = undefined;
+          settleCalls(batch, () => sendReleased(queue, batch, jobOptions), timeoutMs);
+        }, SHARED_JOB_GRACE_MS);
+      }
     }
   });
   return {
@@ -400,7 +412,14 @@ interface Batch {
   readonly entries: BatchEntry[];
   /** How many entries are still `staged`. */
   waiting: number;
+  /** The `release()` and `discard()` calls not settled yet. */
+  readonly calls: Finish[];
+  /** Set while released entries wait for the rest: when it fires, they go in a job of their own. */
+  grace: NodeJS.Timeout | undefined;
 }
+
+/** A `release()` or `discard()` call. @private */
+type Finish = Later<Receipt> & { readonly release: boolean };
 
 /** One response's tasks in a `Batch`, and the call that staged them. @private */
 interface BatchEntry {
@@ -426,7 +445,7 @@ function batchesOf(staged: readonly Later<readonly HandedOffTask[]>[]): Batch[] 
     const entry: BatchEntry = { later, state: 'staged' };
     const last = batches.at(-1);
     if (last === undefined || tasksInLast + later.value.length > MAX_JOB_TASKS) {
-      batches.push({ job: undefined, entries: [entry], waiting: 1 });
+      batches.push({ job: undefined, entries: [entry], waiting: 1, calls: [], grace: undefined });
       tasksInLast = later.value.length;
     } else {
       last.entries.push(entry);
@@ -438,27 +457,50 @@ function batchesOf(staged: readonly Later<readonly HandedOffTask[]>[]): Batch[] 
 }
 
 /**
- * After some of a batch's responses have been released or discarded: promotes or removes its job
- * once none waits any more, and meanwhile sends those released in a job of their own.
- * @param jobOptions - the user's job options, for that job
+ * Once every response of a batch has been released or discarded: promotes its job, or removes it
+ * when none was released; a job some of whose responses were discarded, or sent on their own, is
+ * updated to hold the rest first.
  * @return the Redis calls' completion
  * @private
  */
-function finishBatch(queue: Pick<Queue, 'add'>, batch: Batch, jobOptions: JobsOptions | undefined): Promise<unknown> {
+function finishBatch(batch: Batch): Promise<unknown> {
   const job = batch.job as Job; // released or discarded only once stored
-  if (batch.waiting === 0) {
-    const toRun = batch.entries.filter((entry) => entry.state === 'released');
-    if (toRun.length === 0) return job.remove();
-    if (toRun.length === batch.entries.length) return job.promote();
-    // Sent on the same connection, so Redis updates the data before it promotes the job.
-    return Promise.all([job.updateData(jobOf(toRun).data), job.promote()]);
-  }
+  const toRun = batch.entries.filter((entry) => entry.state === 'released');
+  if (toRun.length === 0) return job.remove();
+  if (toRun.length === batch.entries.length) return job.promote();
+  // Sent on the same connection, so Redis updates the data before it promotes the job.
+  return Promise.all([job.updateData(jobOf(toRun).data), job.promote()]);
+}
+
+/**
+ * Some responses of a batch have been released, and the others are still being flushed after the
+ * grace: sends those released in a job of their own, which runs at once, and leaves the staged job
+ * holding only the others.
+ * @param jobOptions - the user's job options, for the new job
+ * @return the Redis calls' completion
+ * @private
+ */
+function sendReleased(queue: Pick<Queue, 'add'>, batch: Batch, jobOptions: JobsOptions | undefined): Promise<unknown> {
+  const job = batch.job as Job;
   const released = batch.entries.filter((entry) => entry.state === 'released');
-  if (released.length === 0) return Promise.resolve(); // discarded ones are left out at the end
   for (const entry of released) entry.state = 'sent';
   const { name, data } = jobOf(released);
   const staged = batch.entries.filter((entry) => entry.state === 'staged');
   return Promise.all([queue.add(name, data, { ...jobOptions, jobId: randomUUID() }), job.updateData(jobOf(staged).data)]);
+}
+
+/**
+ * Runs `redisCalls`, then settles the batch's `release()` and `discard()` calls made so far with
+ * its outcome, or with a timeout after `timeoutMs`.
+ * @private
+ */
+function settleCalls(batch: Batch, redisCalls: () => Promise<unknown>, timeoutMs: number): void {
+  const calls = batch.calls.splice(0);
+  // Whatever a stand-in queue's job throws ends as these calls' failure.
+  withTimeout(Promise.resolve().then(redisCalls), timeoutMs, 'release or remove the job').then(
+    () => calls.forEach((call) => call.resolve(undefined)),
+    (error: unknown) => calls.forEach((call) => call.reject(error)),
+  );
 }
 
 /**
