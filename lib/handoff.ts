@@ -294,12 +294,13 @@ function names(tasks: readonly Task[]): string {
  */
 interface Holds {
   readonly write: Socket['write'];
-  readonly ownWrite: boolean;
   readonly held: Map<Response, unknown[][]>;
 }
 
 /**
- * The connections with a response whose end is held.
+ * The connections that have had a response whose end was held. The wrapper of their `write` stays
+ * once installed: taking it off again would change the socket's shape after each response, which
+ * slows down every access Node's HTTP code makes to the socket.
  * @private
  */
 const holding = new WeakMap<Socket, Holds>();
@@ -327,7 +328,7 @@ export function holdingAnEnd(): boolean {
 function holdEnd(connection: Socket, res: Response): void {
   let holds = holding.get(connection);
   if (holds === undefined) {
-    holds = { write: connection.write, ownWrite: Object.hasOwn(connection, 'write'), held: new Map() };
+    holds = { write: connection.write, held: new Map() };
     holding.set(connection, holds);
     connection.write = writeOrHold as Socket['write'];
   }
@@ -336,12 +337,12 @@ function holdEnd(connection: Socket, res: Response): void {
 }
 
 /**
- * The `write` of a connection with a held response: keeps back what that response writes.
+ * The `write` of a connection that has had a held response: keeps back what a held response writes.
  * @private
  */
 function writeOrHold(this: Socket, ...args: unknown[]): boolean {
-  const holds = holding.get(this) as Holds; // installed along with its entry, which stays while it is
-  for (const [res, held] of holds.held) {
+  const holds = holding.get(this) as Holds; // installed along with its entry, which stays
+  if (holds.held.size !== 0) for (const [res, held] of holds.held) {
     if (res.socket === this) {
       held.push(args);
       return true;
@@ -360,11 +361,6 @@ function letEndThrough(connection: Socket, res: Response, send: boolean): void {
   const held = holds.held.get(res) as unknown[][];
   holds.held.delete(res);
   heldEnds--;
-  if (holds.held.size === 0 && connection.write === writeOrHold) {
-    holding.delete(connection);
-    if (holds.ownWrite) connection.write = holds.write;
-    else Reflect.deleteProperty(connection, 'write');
-  }
   if (!send) {
     res.destroy();
   } else if (!connection.destroyed && held.length > 0) {
