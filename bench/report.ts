@@ -145,11 +145,12 @@ function handOffSection({ settings, measurements: { http } }: PageInput): string
   return [
     '## Hand-off to BullMQ',
     '',
-    'The same route queues one defined no-op task, run in-process or handed to BullMQ: staged (stored as a delayed job',
-    'before the response\'s end goes out, promoted after the flush) or after the flush (`stage: false`). Redis is a',
-    '`redis-server` started for the run on 127.0.0.1, without persistence; no worker takes the jobs. Redis, the servers',
-    'and autocannon share the machine\'s cores. Throughput as above; latency at the fixed rate of the previous section,',
-    'in brackets what it adds to bare Express\'s.',
+    'The same route queues one defined no-op task, run in-process or handed to BullMQ: staged (stored before the',
+    'response\'s end goes out, in a delayed job that the responses ending in the same turn share, promoted after the',
+    'flush) or after the flush (`stage: false`, a job per response). Redis is a `redis-server` started for the run on',
+    '127.0.0.1, without persistence; no worker takes the jobs (a worker splits a shared job into one job per response:',
+    'that cost falls on the workers). Redis, the servers and autocannon share the machine\'s cores. Throughput as',
+    'above; latency at the fixed rate of the previous section, in brackets what it adds to bare Express\'s.',
     '',
     table(['Variant', 'req/s (median)', '÷ bare Express', '÷ defined task in-process', `p50 at ${Math.round(settings.pacedShare * 100)} % load`, `p99 at ${Math.round(settings.pacedShare * 100)} % load`], [
       [labelOf('bare'), Math.round(median(http.bare.throughput)).toLocaleString('en-US'), '1.00×', '', ...latency('bare')],

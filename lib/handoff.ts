@@ -342,10 +342,12 @@ function holdEnd(connection: Socket, res: Response): void {
  */
 function writeOrHold(this: Socket, ...args: unknown[]): boolean {
   const holds = holding.get(this) as Holds; // installed along with its entry, which stays
-  if (holds.held.size !== 0) for (const [res, held] of holds.held) {
-    if (res.socket === this) {
-      held.push(args);
-      return true;
+  if (holds.held.size !== 0) {
+    for (const [res, held] of holds.held) {
+      if (res.socket === this) {
+        held.push(args);
+        return true;
+      }
     }
   }
   return (holds.write as (...args: unknown[]) => boolean).apply(this, args);
