@@ -134,9 +134,11 @@ describe('bullmqTransport() with a stand-in queue', () => {
 });
 
 describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
-  test('stages a response\'s defined tasks as one delayed job before its end is let through, and promotes it once the response has been flushed', async () => {
+  test('stages a response\'s defined tasks as one delayed job before its end is let through, and promotes it once the response has been flushed, corked on the queue\'s ioredis connection (`getBackend().client`)', async (t) => {
     const queue = await uniqueQueue(redis as Redis);
     opened.push(queue);
+    const { stream } = (await queue.getBackend().client) as unknown as { stream: { cork(): void } };
+    const cork = t.mock.method(stream, 'cork');
     const inProcess: string[] = [];
     const send = defineTask('send', (_to: string) => {});
     const audit = defineTask('audit', (_event: { id: string; n: number }) => {});
@@ -169,6 +171,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     assert.ok(job.timestamp <= finishedAt, 'stored before the response finished');
     assert.equal(job.opts.delay, 60_000, 'staged with the lease as its delay');
     assert.deepEqual(states, ['at the flush: 1 delayed, 0 waiting']);
+    assert.equal(cork.mock.callCount(), 1, 'the promotion was sent corked');
     assert.deepEqual(inProcess, ['7'], 'the plain function ran in this process');
     await closeOpened();
   });
