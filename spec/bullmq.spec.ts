@@ -14,7 +14,7 @@ import { Redis as Ioredis5 } from 'ioredis5';
 import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions, type DefinedTask, type TaskInfo } from '../lib/index.js';
 import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
 import { deferred, delay, withServer } from './support/http.js';
-import { freePort, startRedis, uniqueQueue, waitForOutput, type Redis } from './support/redis.js';
+import { freePort, redisProxy, startRedis, uniqueQueue, waitForOutput, type Redis } from './support/redis.js';
 
 const requireFromSpec = createRequire(import.meta.url);
 const redisOrReason = await startRedis();
@@ -326,6 +326,56 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     });
     assert.deepEqual(ran, ['fast', 'slow'], 'each once');
     await closeOpened();
+  });
+
+  test('a response released from a shared staged job while Redis is out of reach is not lost: it stays in the staged job', async () => {
+    const proxy = await redisProxy(redis as Redis);
+    const queue = new Queue(`spec-${randomUUID()}`, { connection: { host: '127.0.0.1', port: proxy.port, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
+    queue.on('error', () => {}); // each failed reconnection, during the blip
+    await queue.waitUntilReady();
+    const ran: string[] = [];
+    const bothRan = deferred();
+    const notify = defineTask('notify', (id: string) => {
+      if (ran.push(id) === 2) bothRan.resolve();
+    });
+    const worker = createWorker({ queueName: queue.name, connection, tasks: [notify] });
+    opened.push(worker);
+    const body = 'x'.repeat(64 * 2 ** 20); // more than the socket buffers hold
+    const gate = deferred();
+    const arrived = deferred();
+    let waiting = 0;
+    const { app, tasks } = appWith({ transport: bullmqTransport({ queue, lease: 60_000, timeout: 2_000 }) }, async (req, res) => {
+      if (++waiting === 2) arrived.resolve();
+      await gate.promise; // both in one staged job
+      res.locals.tasks.add(notify, String(req.params.id));
+      res.end(req.params.id === 'slow' ? body : 'ok');
+    });
+    try {
+      await withServer(app, async ({ port, url }) => {
+        const socket = net.connect(port, '127.0.0.1');
+        await once(socket, 'connect');
+        socket.pause(); // reads nothing for now
+        socket.write('POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+        const fast = fetch(`${url}/fast`, { method: 'POST' });
+        await arrived.promise;
+        gate.resolve();
+        await (await fast).text();
+        proxy.cut(); // within the 100 ms grace: the fast response's job of its own cannot be added
+        await delay(300); // past the grace: its Redis calls wait for a connection
+        while (await queue.getJobCounts().then(() => true, () => false)) await delay(50); // until they have failed
+        proxy.restore();
+        while (!(await queue.getJobCounts().then(() => true, () => false))) await delay(50);
+        socket.resume();
+        await once(socket, 'end');
+        await tasks.drain(); // the staged job promoted
+      });
+      await Promise.race([bothRan.promise, delay(5_000)]);
+      assert.deepEqual(ran.sort(), ['fast', 'slow'], 'each task once, well before the lease');
+    } finally {
+      await queue.close();
+      await closeOpened();
+      await proxy.close();
+    }
   });
 
   test('a worker that splits a staged job again (it died before completing it) adds none of the jobs it added before', async () => {
