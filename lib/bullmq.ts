@@ -209,7 +209,11 @@ export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData 
     const batch = (job.data as Partial<BatchJobData> | null)?.batch;
     if (batch === undefined) return runJob(job as Job<TasksJobData>, byName);
     const { connection, prefix } = workerOptions;
-    splitInto ??= new Queue(queueName, prefix === undefined ? { connection } : { connection, prefix });
+    if (splitInto === undefined) {
+      splitInto = new Queue(queueName, prefix === undefined ? { connection } : { connection, prefix });
+      // Its connection's errors are the worker's: without a listener BullMQ writes them to stderr.
+      splitInto.on('error', (error) => worker.emit('error', error));
+    }
     return splitBatch(job, checkBatch(job, batch), splitInto);
   }, workerOptions);
   const closeWorker = worker.close.bind(worker);

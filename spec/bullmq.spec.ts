@@ -378,6 +378,27 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     }
   });
 
+  test("a worker's split reports its connection's errors as the worker's own, not on stderr", async (t) => {
+    const proxy = await redisProxy(redis as Redis);
+    const queue = await uniqueQueue(redis as Redis);
+    const rec = defineTask('rec', (_value: string) => {});
+    const worker = createWorker({ queueName: queue.name, connection: { host: '127.0.0.1', port: proxy.port, maxRetriesPerRequest: null }, tasks: [rec] });
+    opened.push(queue, worker);
+    const errors: unknown[] = [];
+    worker.on('error', (error) => errors.push(error));
+    const completed = jobEvents(worker, 'completed', 3);
+    await queue.add('2 responses: rec', { batch: [{ tasks: [{ name: 'rec', args: ['a'] }] }, { tasks: [{ name: 'rec', args: ['b'] }] }] });
+    await completed;
+    const stderr = t.mock.method(console, 'error', () => {});
+    await proxy.close(); // nothing listens there any more: the worker's connections, and the split's, fail to reconnect
+    while (errors.length === 0) await delay(50);
+    await delay(1_500); // a few attempts to reconnect
+    stderr.mock.restore();
+    await worker.close(true);
+    assert.deepEqual(stderr.mock.calls.map((call) => String(call.arguments[0])), [], 'nothing written to stderr behind the worker\'s back');
+    await closeOpened();
+  });
+
   test('a worker that splits a staged job again (it died before completing it) adds none of the jobs it added before', async () => {
     const queue = await uniqueQueue(redis as Redis);
     const recorded: string[] = [];
