@@ -209,7 +209,11 @@ export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData 
     const batch = (job.data as Partial<BatchJobData> | null)?.batch;
     if (batch === undefined) return runJob(job as Job<TasksJobData>, byName);
     const { connection, prefix } = workerOptions;
-    splitInto ??= new Queue(queueName, prefix === undefined ? { connection } : { connection, prefix });
+    if (splitInto === undefined) {
+      splitInto = new Queue(queueName, prefix === undefined ? { connection } : { connection, prefix });
+      // Its connection's errors are the worker's: without a listener BullMQ writes them to stderr.
+      splitInto.on('error', (error) => worker.emit('error', error));
+    }
     return splitBatch(job, checkBatch(job, batch), splitInto);
   }, workerOptions);
   const closeWorker = worker.close.bind(worker);
@@ -378,11 +382,12 @@ function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOption
     for (const batch of touched) {
       if (batch.waiting === 0) {
         clearTimeout(batch.grace);
-        settleCalls(batch, () => finishBatch(batch), timeoutMs);
+        // After the jobs of released responses still being added: one that fails goes back in this one.
+        settleCalls(batch, () => batch.sending.then(() => finishBatch(batch)), timeoutMs);
       } else if (batch.grace === undefined && batch.entries.some((entry) => entry.state === 'released')) {
         batch.grace = setTimeout(() => {
           batch.grace = undefined;
-          settleCalls(batch, () => sendReleased(queue, batch, jobOptions), timeoutMs);
+          settleCalls(batch, () => sendReleased(queue, batch, jobOptions, timeoutMs), timeoutMs);
         }, SHARED_JOB_GRACE_MS);
       }
     }
@@ -416,6 +421,10 @@ interface Batch {
   readonly calls: Finish[];
   /** Set while released entries wait for the rest: when it fires, they go in a job of their own. */
   grace: NodeJS.Timeout | undefined;
+  /** Whether the staged job's data may have been updated to hold fewer entries than it was added with. */
+  updated: boolean;
+  /** Settles once the jobs of entries sent on their own have been added, or have failed to be. */
+  sending: Promise<unknown>;
 }
 
 /** A `release()` or `discard()` call. @private */
@@ -445,7 +454,7 @@ function batchesOf(staged: readonly Later<readonly HandedOffTask[]>[]): Batch[] 
     const entry: BatchEntry = { later, state: 'staged' };
     const last = batches.at(-1);
     if (last === undefined || tasksInLast + later.value.length > MAX_JOB_TASKS) {
-      batches.push({ job: undefined, entries: [entry], waiting: 1, calls: [], grace: undefined });
+      batches.push({ job: undefined, entries: [entry], waiting: 1, calls: [], grace: undefined, updated: false, sending: Promise.resolve() });
       tasksInLast = later.value.length;
     } else {
       last.entries.push(entry);
@@ -467,7 +476,7 @@ function finishBatch(batch: Batch): Promise<unknown> {
   const job = batch.job as Job; // released or discarded only once stored
   const toRun = batch.entries.filter((entry) => entry.state === 'released');
   if (toRun.length === 0) return job.remove();
-  if (toRun.length === batch.entries.length) return job.promote();
+  if (toRun.length === batch.entries.length && !batch.updated) return job.promote();
   // Sent on the same connection, so Redis updates the data before it promotes the job.
   return Promise.all([job.updateData(jobOf(toRun).data), job.promote()]);
 }
@@ -480,13 +489,19 @@ function finishBatch(batch: Batch): Promise<unknown> {
  * @return the Redis calls' completion
  * @private
  */
-function sendReleased(queue: Pick<Queue, 'add'>, batch: Batch, jobOptions: JobsOptions | undefined): Promise<unknown> {
+function sendReleased(queue: Pick<Queue, 'add'>, batch: Batch, jobOptions: JobsOptions | undefined, timeoutMs: number): Promise<unknown> {
   const job = batch.job as Job;
   const released = batch.entries.filter((entry) => entry.state === 'released');
   for (const entry of released) entry.state = 'sent';
   const { name, data } = jobOf(released);
   const staged = batch.entries.filter((entry) => entry.state === 'staged');
-  return Promise.all([queue.add(name, data, { ...jobOptions, jobId: randomUUID() }), job.updateData(jobOf(staged).data)]);
+  batch.updated = true; // even when the call fails: Redis may have run it
+  const added = withTimeout(Promise.resolve().then(() => queue.add(name, data, { ...jobOptions, jobId: randomUUID() })), timeoutMs, 'add the job');
+  // Not added (as far as this process can tell): they stay in the staged job, which the update
+  // below may have left without them, so its last update puts them back.
+  const settled = added.then(() => {}, () => released.forEach((entry) => (entry.state = 'released')));
+  batch.sending = Promise.all([batch.sending, settled]);
+  return Promise.all([added, job.updateData(jobOf(staged).data)]);
 }
 
 /**

@@ -14,7 +14,7 @@ import { Redis as Ioredis5 } from 'ioredis5';
 import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions, type DefinedTask, type TaskInfo } from '../lib/index.js';
 import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
 import { deferred, delay, withServer } from './support/http.js';
-import { freePort, startRedis, uniqueQueue, waitForOutput, type Redis } from './support/redis.js';
+import { freePort, redisProxy, startRedis, uniqueQueue, waitForOutput, type Redis } from './support/redis.js';
 
 const requireFromSpec = createRequire(import.meta.url);
 const redisOrReason = await startRedis();
@@ -328,6 +328,77 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
       await slowRan.promise;
     });
     assert.deepEqual(ran, ['fast', 'slow'], 'each once');
+    await closeOpened();
+  });
+
+  test('a response released from a shared staged job while Redis is out of reach is not lost: it stays in the staged job', async () => {
+    const proxy = await redisProxy(redis as Redis);
+    const queue = new Queue(`spec-${randomUUID()}`, { connection: { host: '127.0.0.1', port: proxy.port, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
+    queue.on('error', () => {}); // each failed reconnection, during the blip
+    await queue.waitUntilReady();
+    const ran: string[] = [];
+    const bothRan = deferred();
+    const notify = defineTask('notify', (id: string) => {
+      if (ran.push(id) === 2) bothRan.resolve();
+    });
+    const worker = createWorker({ queueName: queue.name, connection, tasks: [notify] });
+    opened.push(worker);
+    const body = 'x'.repeat(64 * 2 ** 20); // more than the socket buffers hold
+    const gate = deferred();
+    const arrived = deferred();
+    let waiting = 0;
+    const { app, tasks } = appWith({ transport: bullmqTransport({ queue, lease: 60_000, timeout: 2_000 }) }, async (req, res) => {
+      if (++waiting === 2) arrived.resolve();
+      await gate.promise; // both in one staged job
+      res.locals.tasks.add(notify, String(req.params.id));
+      res.end(req.params.id === 'slow' ? body : 'ok');
+    });
+    try {
+      await withServer(app, async ({ port, url }) => {
+        const socket = net.connect(port, '127.0.0.1');
+        await once(socket, 'connect');
+        socket.pause(); // reads nothing for now
+        socket.write('POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+        const fast = fetch(`${url}/fast`, { method: 'POST' });
+        await arrived.promise;
+        gate.resolve();
+        await (await fast).text();
+        proxy.cut(); // within the 100 ms grace: the fast response's job of its own cannot be added
+        await delay(300); // past the grace: its Redis calls wait for a connection
+        while (await queue.getJobCounts().then(() => true, () => false)) await delay(50); // until they have failed
+        proxy.restore();
+        while (!(await queue.getJobCounts().then(() => true, () => false))) await delay(50);
+        socket.resume();
+        await once(socket, 'end');
+        await tasks.drain(); // the staged job promoted
+      });
+      await Promise.race([bothRan.promise, delay(5_000)]);
+      assert.deepEqual(ran.sort(), ['fast', 'slow'], 'each task once, well before the lease');
+    } finally {
+      await queue.close();
+      await closeOpened();
+      await proxy.close();
+    }
+  });
+
+  test("a worker's split reports its connection's errors as the worker's own, not on stderr", async (t) => {
+    const proxy = await redisProxy(redis as Redis);
+    const queue = await uniqueQueue(redis as Redis);
+    const rec = defineTask('rec', (_value: string) => {});
+    const worker = createWorker({ queueName: queue.name, connection: { host: '127.0.0.1', port: proxy.port, maxRetriesPerRequest: null }, tasks: [rec] });
+    opened.push(queue, worker);
+    const errors: unknown[] = [];
+    worker.on('error', (error) => errors.push(error));
+    const completed = jobEvents(worker, 'completed', 3);
+    await queue.add('2 responses: rec', { batch: [{ tasks: [{ name: 'rec', args: ['a'] }] }, { tasks: [{ name: 'rec', args: ['b'] }] }] });
+    await completed;
+    const stderr = t.mock.method(console, 'error', () => {});
+    await proxy.close(); // nothing listens there any more: the worker's connections, and the split's, fail to reconnect
+    while (errors.length === 0) await delay(50);
+    await delay(1_500); // a few attempts to reconnect
+    stderr.mock.restore();
+    await worker.close(true);
+    assert.deepEqual(stderr.mock.calls.map((call) => String(call.arguments[0])), [], 'nothing written to stderr behind the worker\'s back');
     await closeOpened();
   });
 

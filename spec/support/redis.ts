@@ -87,3 +87,47 @@ export async function freePort(): Promise<number> {
   await once(server, 'close');
   return port;
 }
+
+/** A TCP proxy to Redis on 127.0.0.1, whose connections can be cut (a network blip) and let through again. */
+export interface RedisProxy {
+  readonly port: number;
+  /** Destroys every connection through it, and each new one until `restore()`. */
+  cut(): void;
+  restore(): void;
+  close(): Promise<void>;
+}
+
+/** Starts a `RedisProxy` to `redis`. */
+export async function redisProxy(redis: Redis): Promise<RedisProxy> {
+  const sockets = new Set<net.Socket>();
+  let down = false;
+  const server = net.createServer((client) => {
+    if (down) return void client.destroy();
+    const upstream = net.connect(redis.port, redis.host);
+    const drop = (): void => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    sockets.add(client).add(upstream);
+    client.on('error', drop).on('close', drop).pipe(upstream);
+    upstream.on('error', drop).on('close', drop).pipe(client);
+  }).listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    cut() {
+      down = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    restore() {
+      down = false;
+    },
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+      await once(server, 'close');
+    },
+  };
+}
