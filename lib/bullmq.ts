@@ -384,7 +384,7 @@ function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOption
         clearTimeout(batch.grace);
         // After the jobs of released responses still being added: one that fails goes back in this one.
         settleCalls(batch, () => batch.sending.then(() => finishBatch(batch)), timeoutMs);
-      } else if (batch.grace === undefined && batch.entries.some((entry) => entry.state === 'released')) {
+      } else if (batch.grace === undefined) {
         batch.grace = setTimeout(() => {
           batch.grace = undefined;
           settleCalls(batch, () => sendReleased(queue, batch, jobOptions, timeoutMs), timeoutMs);
@@ -419,11 +419,11 @@ interface Batch {
   waiting: number;
   /** The `release()` and `discard()` calls not settled yet. */
   readonly calls: Finish[];
-  /** Set while released entries wait for the rest: when it fires, they go in a job of their own. */
+  /** Set while released or discarded entries wait for the rest: when it fires, they stop waiting. */
   grace: NodeJS.Timeout | undefined;
   /** Whether the staged job's data may have been updated to hold fewer entries than it was added with. */
   updated: boolean;
-  /** Settles once the jobs of entries sent on their own have been added, or have failed to be. */
+  /** Settles once the jobs of entries sent on their own, and the updates after them, have settled. */
   sending: Promise<unknown>;
 }
 
@@ -482,26 +482,38 @@ function finishBatch(batch: Batch): Promise<unknown> {
 }
 
 /**
- * Some responses of a batch have been released, and the others are still being flushed after the
- * grace: sends those released in a job of their own, which runs at once, and leaves the staged job
- * holding only the others.
+ * Some responses of a batch have been released or discarded, and the others are still being
+ * flushed after the grace: sends those released in a job of their own, which runs at once, and
+ * leaves the staged job holding only the others, so that none waits for a slow client.
  * @param jobOptions - the user's job options, for the new job
  * @return the Redis calls' completion
  * @private
  */
 function sendReleased(queue: Pick<Queue, 'add'>, batch: Batch, jobOptions: JobsOptions | undefined, timeoutMs: number): Promise<unknown> {
   const job = batch.job as Job;
+  const update = (): Promise<unknown> => {
+    batch.updated = true; // even when the call fails: Redis may have run it
+    const kept = batch.entries.filter((entry) => entry.state === 'staged' || entry.state === 'released');
+    return job.updateData(jobOf(kept).data);
+  };
   const released = batch.entries.filter((entry) => entry.state === 'released');
-  for (const entry of released) entry.state = 'sent';
-  const { name, data } = jobOf(released);
-  const staged = batch.entries.filter((entry) => entry.state === 'staged');
-  batch.updated = true; // even when the call fails: Redis may have run it
-  const added = withTimeout(Promise.resolve().then(() => queue.add(name, data, { ...jobOptions, jobId: randomUUID() })), timeoutMs, 'add the job');
-  // Not added (as far as this process can tell): they stay in the staged job, which the update
-  // below may have left without them, so its last update puts them back.
-  const settled = added.then(() => {}, () => released.forEach((entry) => (entry.state = 'released')));
-  batch.sending = Promise.all([batch.sending, settled]);
-  return Promise.all([added, job.updateData(jobOf(staged).data)]);
+  let done: Promise<unknown>;
+  if (released.length === 0) {
+    done = update(); // only discarded ones: out of the staged job
+  } else {
+    for (const entry of released) entry.state = 'sent';
+    const { name, data } = jobOf(released);
+    const added = withTimeout(Promise.resolve().then(() => queue.add(name, data, { ...jobOptions, jobId: randomUUID() })), timeoutMs, 'add the job');
+    // The staged job lets go of them only once their own job is stored: a process that dies in
+    // between leaves them in both (to run twice), never in neither. Not added (as far as this
+    // process can tell), they stay in the staged job.
+    done = added.then(update, (error: unknown) => {
+      for (const entry of released) entry.state = 'released';
+      throw error;
+    });
+  }
+  batch.sending = Promise.all([batch.sending, done.catch(() => {})]);
+  return done;
 }
 
 /**

@@ -402,6 +402,56 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     await closeOpened();
   });
 
+  test("with runOn: 'success', a response discarded from a shared staged job settles without waiting for a slow client in it", async () => {
+    const queue = await uniqueQueue(redis as Redis);
+    opened.push(queue);
+    const notify = defineTask('notify', (_id: string) => {});
+    const body = 'x'.repeat(64 * 2 ** 20); // more than the socket buffers hold
+    const gate = deferred();
+    const arrived = deferred();
+    let waiting = 0;
+    const tasks = backgroundTasks({ transport: bullmqTransport({ queue }), runOn: 'success' });
+    const app = express();
+    app.use(tasks);
+    app.post('/:id', (req, res, next) => {
+      if (req.params.id !== 'fails-later') return next();
+      // A wrapper of res.end that decides the status later, as a session store saving first does.
+      const end = res.end;
+      res.end = function endOnceSaved(this: express.Response, ...args: unknown[]) {
+        setTimeout(() => {
+          res.statusCode = 500;
+          (end as (...args: unknown[]) => unknown).apply(this, args);
+        }, 10);
+        return this;
+      } as express.Response['end'];
+      next();
+    }, async (req, res) => {
+      if (++waiting === 2) arrived.resolve();
+      await gate.promise; // both end in the same turn
+      res.locals.tasks.add(notify, String(req.params.id));
+      res.end(req.params.id === 'slow' ? body : 'ok');
+    });
+    await withServer(app, async ({ port, url }) => {
+      const socket = net.connect(port, '127.0.0.1');
+      await once(socket, 'connect');
+      socket.pause(); // reads nothing for now
+      socket.write('POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      const failing = fetch(`${url}/fails-later`, { method: 'POST' });
+      await arrived.promise;
+      gate.resolve();
+      assert.equal((await failing).status, 500);
+      for (const startedAt = Date.now(); tasks.pending > 1 && Date.now() - startedAt < 5_000;) await delay(10);
+      assert.equal(tasks.pending, 1, 'only the slow response\'s task is pending');
+      const [staged] = await queue.getJobs(['delayed']);
+      assert.deepEqual(staged?.data, { tasks: [{ name: 'notify', args: ['slow'] }] }, 'the discarded one is out of the staged job');
+      socket.resume();
+      await once(socket, 'end');
+      await tasks.drain();
+    });
+    assert.deepEqual((await queue.getJobs(['waiting'])).map((job) => job.data), [{ tasks: [{ name: 'notify', args: ['slow'] }] }]);
+    await closeOpened();
+  });
+
   test('a worker that splits a staged job again (it died before completing it) adds none of the jobs it added before', async () => {
     const queue = await uniqueQueue(redis as Redis);
     const recorded: string[] = [];
