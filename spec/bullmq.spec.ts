@@ -5,7 +5,6 @@ import { createRequire } from 'node:module';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
-import net from 'node:net';
 import { after, describe, test, type TestContext } from 'node:test';
 import { type ConnectionOptions, type Job, type JobsOptions, Queue, type Worker } from 'bullmq';
 import express from 'express';
@@ -13,7 +12,7 @@ import { Redis as Ioredis6 } from 'ioredis';
 import { Redis as Ioredis5 } from 'ioredis5';
 import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions, type DefinedTask, type TaskInfo } from '../lib/index.js';
 import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
-import { deferred, delay, withServer } from './support/http.js';
+import { deferred, delay, endLaterWithStatus, pausedPost, withServer } from './support/http.js';
 import { freePort, redisProxy, startRedis, uniqueQueue, waitForOutput, type Redis } from './support/redis.js';
 
 const requireFromSpec = createRequire(import.meta.url);
@@ -235,10 +234,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
       res.end(body);
     });
     await withServer(app, async ({ port }) => {
-      const socket = net.connect(port, '127.0.0.1');
-      await once(socket, 'connect');
-      socket.pause(); // reads nothing for now
-      socket.write('POST /1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      const socket = await pausedPost(port, '/1'); // reads nothing for now
       while ((await queue.getJobCounts('delayed'))['delayed'] === 0) await delay(10);
       await delay(300);
       assert.deepEqual(await queue.getJobCounts('delayed', 'waiting'), { delayed: 1, waiting: 0 }, 'staged while the client is not reading');
@@ -309,10 +305,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
       res.end(req.params.id === 'slow' ? body : 'ok');
     });
     await withServer(app, async ({ port, url }) => {
-      const socket = net.connect(port, '127.0.0.1');
-      await once(socket, 'connect');
-      socket.pause(); // reads nothing for now
-      socket.write('POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      const socket = await pausedPost(port, '/slow'); // reads nothing for now
       const fast = fetch(`${url}/fast`, { method: 'POST' });
       await arrived.promise;
       gate.resolve();
@@ -355,10 +348,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     });
     try {
       await withServer(app, async ({ port, url }) => {
-        const socket = net.connect(port, '127.0.0.1');
-        await once(socket, 'connect');
-        socket.pause(); // reads nothing for now
-        socket.write('POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+        const socket = await pausedPost(port, '/slow'); // reads nothing for now
         const fast = fetch(`${url}/fast`, { method: 'POST' });
         await arrived.promise;
         gate.resolve();
@@ -416,14 +406,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     app.post('/:id', (req, res, next) => {
       if (req.params.id !== 'fails-later') return next();
       // A wrapper of res.end that decides the status later, as a session store saving first does.
-      const end = res.end;
-      res.end = function endOnceSaved(this: express.Response, ...args: unknown[]) {
-        setTimeout(() => {
-          res.statusCode = 500;
-          (end as (...args: unknown[]) => unknown).apply(this, args);
-        }, 10);
-        return this;
-      } as express.Response['end'];
+      endLaterWithStatus(res, 500, 10);
       next();
     }, async (req, res) => {
       if (++waiting === 2) arrived.resolve();
@@ -432,10 +415,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
       res.end(req.params.id === 'slow' ? body : 'ok');
     });
     await withServer(app, async ({ port, url }) => {
-      const socket = net.connect(port, '127.0.0.1');
-      await once(socket, 'connect');
-      socket.pause(); // reads nothing for now
-      socket.write('POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      const socket = await pausedPost(port, '/slow'); // reads nothing for now
       const failing = fetch(`${url}/fails-later`, { method: 'POST' });
       await arrived.promise;
       gate.resolve();
@@ -479,14 +459,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     });
     app.post('/fails-later', (_req, res, next) => {
       // A wrapper of res.end that decides the status later, as a session store saving first does.
-      const end = res.end;
-      res.end = function endOnceSaved(this: express.Response, ...args: unknown[]) {
-        setTimeout(() => {
-          res.statusCode = 500;
-          (end as (...args: unknown[]) => unknown).apply(this, args);
-        }, 50);
-        return this;
-      } as express.Response['end'];
+      endLaterWithStatus(res, 500, 50);
       next();
     }, (_req, res) => {
       res.locals.tasks.add(charge, 200);

@@ -13,7 +13,7 @@ import express from 'express';
 import { backgroundTasks, defineTask, type BackgroundTasksOptions } from '../lib/index.js';
 import * as onBullmq6 from '../lib/bullmq.js';
 import type { BatchJobData, TasksJobData } from '../lib/bullmq.js';
-import { deferred, withServer } from './support/http.js';
+import { deferred, endLaterWithStatus, withServer } from './support/http.js';
 import { startRedis } from './support/redis.js';
 
 register('./support/bullmq5-resolve.mjs', import.meta.url);
@@ -139,14 +139,7 @@ describe('bullmqTransport() and createWorker() on BullMQ 5, against Redis', { sk
       if (id.startsWith('fails')) {
         // A wrapper of res.end that decides the status later, as a session store saving first does;
         // soon enough that the others released wait for it (100 ms) rather than leave in a job of their own.
-        const end = res.end;
-        res.end = function endOnceSaved(this: express.Response, ...args: unknown[]) {
-          setTimeout(() => {
-            res.statusCode = 500;
-            (end as (...args: unknown[]) => unknown).apply(this, args);
-          }, 10);
-          return this;
-        } as express.Response['end'];
+        endLaterWithStatus(res, 500, 10);
       }
       await sameTurn();
       res.locals.tasks.add(step, id);

@@ -17,7 +17,7 @@ import {
   type TaskTransport,
 } from '../lib/index.js';
 import { errorWithUnreadableMessage, revokedProxy } from './support/hostile.js';
-import { abortedRequest, deferred, delay, expressVersions, rawRequest, watchProcessFaults, withServer } from './support/http.js';
+import { abortedRequest, deferred, delay, endLaterWithStatus, expressVersions, rawRequest, watchProcessFaults, withServer } from './support/http.js';
 
 /** A transport that keeps what it is sent; the sends settle when the spec calls `settle()`. */
 function recordingTransport(): TaskTransport & { sent: HandedOffTask[][]; sentTimes(count: number): Promise<void>; settle(): void } {
@@ -590,14 +590,7 @@ describe('a transport with `staging`', () => {
     });
     app.post('/fails-later', (_req, res, next) => {
       // Another wrapper of res.end, such as a session store's, that sets the status once it has saved.
-      const end = res.end;
-      res.end = function endOnceSaved(this: express.Response, ...args: unknown[]) {
-        setTimeout(() => {
-          res.statusCode = 503;
-          (end as (...args: unknown[]) => unknown).apply(this, args);
-        }, 20);
-        return this;
-      } as express.Response['end'];
+      endLaterWithStatus(res, 503, 20);
       next();
     }, (_req, res) => {
       res.locals.tasks.add(index, 'fails later');

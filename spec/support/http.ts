@@ -92,6 +92,33 @@ export async function rawRequest(port: number, path: string, extraHeaders = ''):
 }
 
 /**
+ * Opens a raw TCP connection to the app and sends an empty POST request, reading nothing until
+ * the caller resumes the socket: a slow client.
+ */
+export async function pausedPost(port: number, path: string): Promise<net.Socket> {
+  const socket = net.connect(port, '127.0.0.1');
+  await once(socket, 'connect');
+  socket.pause();
+  socket.write(`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+  return socket;
+}
+
+/**
+ * Wraps `res.end` as a session store saving first does: the end goes through `ms` later, with the
+ * status set to `status` then.
+ */
+export function endLaterWithStatus(res: express.Response, status: number, ms: number): void {
+  const end = res.end;
+  res.end = function endOnceSaved(this: express.Response, ...args: unknown[]) {
+    setTimeout(() => {
+      res.statusCode = status;
+      (end as (...args: unknown[]) => unknown).apply(this, args);
+    }, ms);
+    return this;
+  } as express.Response['end'];
+}
+
+/**
  * Sends a request, waits until the handler has it (`handlerEntered`), then resets the connection
  * before any response byte is read. Waiting first makes sure the server saw the request at all.
  */
