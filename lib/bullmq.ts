@@ -275,14 +275,10 @@ async function runJob(job: Job<TasksJobData>, byName: ReadonlyMap<string, Define
  */
 function checkJob(job: Job<TasksJobData>): readonly HandedOffTask[] {
   const tasks: unknown = (job.data as Partial<TasksJobData> | null)?.tasks;
-  const label = `Job ${job.id} (${clip(job.name, MAX_LISTED_LENGTH)})`;
   if (!Array.isArray(tasks)) {
-    throw new UnrecoverableError(clip(`${label} holds no tasks: was it added by bullmqTransport()?`, MAX_REASON_LENGTH));
+    throw new UnrecoverableError(clip(`${jobLabel(job)} holds no tasks: was it added by bullmqTransport()?`, MAX_REASON_LENGTH));
   }
-  const problem = findMalformed(tasks);
-  if (problem !== undefined) {
-    throw new UnrecoverableError(clip(`${label} was not made by bullmqTransport(): ${problem}`, MAX_REASON_LENGTH));
-  }
+  refuseMalformed(job, findMalformed(tasks, 'tasks'));
   return tasks as HandedOffTask[];
 }
 
@@ -292,17 +288,42 @@ function checkJob(job: Job<TasksJobData>): readonly HandedOffTask[] {
  * @private
  */
 function checkBatch(job: Job, batch: unknown): readonly TasksJobData[] {
-  const label = `Job ${job.id} (${clip(job.name, MAX_LISTED_LENGTH)})`;
-  let problem = !Array.isArray(batch) ? invalid('batch', 'an array of { tasks }', batch) : batch.length > MAX_JOB_TASKS ? `Expected \`batch\` to hold at most ${MAX_JOB_TASKS} responses, got ${batch.length}` : undefined;
-  for (const [index, entry] of (Array.isArray(batch) ? batch : []).entries()) {
-    if (problem !== undefined) break;
-    const tasks: unknown = (entry as Partial<TasksJobData> | null)?.tasks;
-    problem = Array.isArray(tasks) ? findMalformed(tasks)?.replace('`tasks', `\`batch[${index}].tasks`) : invalid(`batch[${index}].tasks`, 'an array of tasks', tasks);
-  }
-  if (problem !== undefined) {
-    throw new UnrecoverableError(clip(`${label} was not made by bullmqTransport(): ${problem}`, MAX_REASON_LENGTH));
-  }
+  refuseMalformed(job, findMalformedBatch(batch));
   return batch as TasksJobData[];
+}
+
+/**
+ * @return what is wrong with a batch: not an array, too long, or the first entry without a
+ *   `tasks` array or with a malformed task
+ * @private
+ */
+function findMalformedBatch(batch: unknown): string | undefined {
+  if (!Array.isArray(batch)) return invalid('batch', 'an array of { tasks }', batch);
+  if (batch.length > MAX_JOB_TASKS) return `Expected \`batch\` to hold at most ${MAX_JOB_TASKS} responses, got ${batch.length}`;
+  for (const [index, entry] of batch.entries()) {
+    const tasks: unknown = (entry as Partial<TasksJobData> | null)?.tasks;
+    if (!Array.isArray(tasks)) return invalid(`batch[${index}].tasks`, 'an array of tasks', tasks);
+    const problem = findMalformed(tasks, `batch[${index}].tasks`);
+    if (problem !== undefined) return problem;
+  }
+  return undefined;
+}
+
+/**
+ * @throws {UnrecoverableError} saying what `problem` is with the job, when there is one
+ * @private
+ */
+function refuseMalformed(job: Job, problem: string | undefined): void {
+  if (problem === undefined) return;
+  throw new UnrecoverableError(clip(`${jobLabel(job)} was not made by bullmqTransport(): ${problem}`, MAX_REASON_LENGTH));
+}
+
+/**
+ * @return the job as failure messages name it: `Job 7 (send,audit)`
+ * @private
+ */
+function jobLabel(job: Job): string {
+  return `Job ${job.id} (${clip(job.name, MAX_LISTED_LENGTH)})`;
 }
 
 /**
@@ -320,18 +341,19 @@ async function splitBatch(job: Job, batch: readonly TasksJobData[], queue: Queue
 }
 
 /**
+ * @param path - where `tasks` are in the job's data, for the message: `tasks`, `batch[2].tasks`
  * @return what is wrong with the first task that is not a `{ name, args }`, or with their number
  * @private
  */
-function findMalformed(tasks: readonly unknown[]): string | undefined {
-  if (tasks.length > MAX_JOB_TASKS) return tooManyTasks(tasks.length);
+function findMalformed(tasks: readonly unknown[], path: string): string | undefined {
+  if (tasks.length > MAX_JOB_TASKS) return tooManyTasks(tasks.length, path);
   for (const [index, task] of tasks.entries()) {
     if (task === null || typeof task !== 'object' || Array.isArray(task)) {
-      return invalid(`tasks[${index}]`, 'an object { name, args }', task);
+      return invalid(`${path}[${index}]`, 'an object { name, args }', task);
     }
     const { name, args } = task as Partial<Record<keyof HandedOffTask, unknown>>;
-    if (typeof name !== 'string' || name === '') return invalid(`tasks[${index}].name`, 'a non-empty string', name);
-    if (!Array.isArray(args)) return invalid(`tasks[${index}].args`, 'an array of arguments', args);
+    if (typeof name !== 'string' || name === '') return invalid(`${path}[${index}].name`, 'a non-empty string', name);
+    if (!Array.isArray(args)) return invalid(`${path}[${index}].args`, 'an array of arguments', args);
   }
   return undefined;
 }
@@ -421,8 +443,6 @@ interface Batch {
   readonly calls: Finish[];
   /** Set while released or discarded entries wait for the rest: when it fires, they stop waiting. */
   grace: NodeJS.Timeout | undefined;
-  /** Whether the staged job's data may have been updated to hold fewer entries than it was added with. */
-  updated: boolean;
   /** Settles once the jobs of entries sent on their own, and the updates after them, have settled. */
   sending: Promise<unknown>;
 }
@@ -454,7 +474,7 @@ function batchesOf(staged: readonly Later<readonly HandedOffTask[]>[]): Batch[] 
     const entry: BatchEntry = { later, state: 'staged' };
     const last = batches.at(-1);
     if (last === undefined || tasksInLast + later.value.length > MAX_JOB_TASKS) {
-      batches.push({ job: undefined, entries: [entry], waiting: 1, calls: [], grace: undefined, updated: false, sending: Promise.resolve() });
+      batches.push({ job: undefined, entries: [entry], waiting: 1, calls: [], grace: undefined, sending: Promise.resolve() });
       tasksInLast = later.value.length;
     } else {
       last.entries.push(entry);
@@ -476,7 +496,7 @@ function finishBatch(batch: Batch): Promise<unknown> {
   const job = batch.job as Job; // released or discarded only once stored
   const toRun = batch.entries.filter((entry) => entry.state === 'released');
   if (toRun.length === 0) return job.remove();
-  if (toRun.length === batch.entries.length && !batch.updated) return job.promote();
+  if (toRun.length === batch.entries.length) return job.promote(); // none was sent or discarded: never updated
   // Sent on the same connection, so Redis updates the data before it promotes the job.
   return Promise.all([job.updateData(jobOf(toRun).data), job.promote()]);
 }
@@ -492,7 +512,6 @@ function finishBatch(batch: Batch): Promise<unknown> {
 function sendReleased(queue: Pick<Queue, 'add'>, batch: Batch, jobOptions: JobsOptions | undefined, timeoutMs: number): Promise<unknown> {
   const job = batch.job as Job;
   const update = (): Promise<unknown> => {
-    batch.updated = true; // even when the call fails: Redis may have run it
     const kept = batch.entries.filter((entry) => entry.state === 'staged' || entry.state === 'released');
     return job.updateData(jobOf(kept).data);
   };
@@ -591,7 +610,7 @@ function connectionOf(queue: object): { redis: { readonly stream?: Pick<Socket, 
  */
 function refuseLongJob(tasks: readonly HandedOffTask[]): Promise<never> | undefined {
   if (tasks.length <= MAX_JOB_TASKS) return undefined;
-  return Promise.reject(new RangeError(`${tooManyTasks(tasks.length)}: a worker refuses a longer job. Queue one defined task that fans out instead.`));
+  return Promise.reject(new RangeError(`${tooManyTasks(tasks.length, 'tasks')}: a worker refuses a longer job. Queue one defined task that fans out instead.`));
 }
 
 /**
@@ -603,11 +622,12 @@ function jobName(tasks: readonly HandedOffTask[]): string {
 }
 
 /**
+ * @param path - where the tasks are, for the message: `tasks`, `batch[2].tasks`
  * @return the message for a job of `count` tasks, more than a worker runs
  * @private
  */
-function tooManyTasks(count: number): string {
-  return `Expected \`tasks\` to hold at most ${MAX_JOB_TASKS} tasks, got ${count}`;
+function tooManyTasks(count: number, path: string): string {
+  return `Expected \`${path}\` to hold at most ${MAX_JOB_TASKS} tasks, got ${count}`;
 }
 
 /**
