@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import { HandOffError, messageOf } from './errors.js';
 import type { Settings, TaskStaging, TaskTransport } from './options.js';
-import { debug, handedOff, report, type Task, taskInfo, taskName, whenSettled } from './task.js';
+import { debug, handedOff, reportInScope, type Task, taskName, whenSettled } from './task.js';
 
 /**
  * Where the staged tasks of a response stand: `none` staged; `staging` (the transport has them,
@@ -265,7 +265,7 @@ export class HandOff {
     for (const task of tasks) {
       const name = taskName(task.fn);
       const error = new HandOffError(`Task ${name} could not be handed off${consequence}: ${reason}`, { cause });
-      task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), settings);
+      reportInScope(task, error, this.#req, this.#res, false, settings);
     }
     if (fallback) this.#runHere(tasks);
     else this.#settle(tasks.length);

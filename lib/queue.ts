@@ -6,7 +6,7 @@ import { messageOf, ShutdownError } from './errors.js';
 import { HandOff } from './handoff.js';
 import type { Settings } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
-import { type Abandon, debug, report, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
+import { type Abandon, debug, report, reportInScope, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -176,7 +176,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     this.#size = 0;
     for (const task of queued) {
       const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: still queued ${deadlineMs} ms after close()`);
-      task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), settings);
+      reportInScope(task, error, this.#req, this.#res, false, settings);
     }
     if (queued.length > 0) this.#settle(queued.length);
     const running = this.#running;
@@ -320,7 +320,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     if (this.#scheduler.closed) {
       for (const task of tasks) {
         const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: its hand-off failed after close() had given up or finished`);
-        task.runInAsyncScope(report, undefined, error, taskInfo(task, this.#req, this.#res, false), this.#scheduler.settings);
+        reportInScope(task, error, this.#req, this.#res, false, this.#scheduler.settings);
       }
       this.#settle(tasks.length);
       return;

@@ -126,7 +126,7 @@ export function runTask(task: Task, run: TaskRun): Abandon | undefined {
     }
     if (task.startedAt === 0) task.startedAt = performance.now();
   } catch (error) {
-    task.runInAsyncScope(report, undefined, error, taskInfo(task, run.req, run.res, true), settings);
+    reportInScope(task, error, run.req, run.res, true, settings);
     return undefined;
   }
   return awaitTask(task, result, run, context);
@@ -181,6 +181,16 @@ export function taskInfo(task: Task, req: Request, res: Response, ended: boolean
 export function handedOff(task: Task): HandedOffTask {
   // A defined task's function is named after it.
   return { name: task.fn.name, args: task.args };
+}
+
+/**
+ * Reports `error` as the failure of `task`, inside the async context of the `add()` call that
+ * queued it, as a failure of its own run is.
+ * @param ended - whether the task has run, for its `durationMs`
+ * @internal
+ */
+export function reportInScope(task: Task, error: unknown, req: Request, res: Response, ended: boolean, settings: Settings): void {
+  task.runInAsyncScope(report, undefined, error, taskInfo(task, req, res, ended), settings);
 }
 
 /**
