@@ -388,11 +388,7 @@ function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOption
       );
   });
   const finishTurn = perTurn<Finish>((finished) => {
-    const stream = connection.redis?.stream;
-    if (stream?.writable === true) {
-      stream.cork();
-      setImmediate(() => stream.uncork());
-    }
+    corkForTurn(connection);
     const touched = new Set<Batch>();
     for (const call of finished) {
       const { batch, entry } = call.value;
@@ -602,6 +598,28 @@ function connectionOf(queue: object): { redis: { readonly stream?: Pick<Socket, 
   const connecting: unknown = typeof getBackend === 'function' ? getBackend.call(queue).client : client;
   if (connecting instanceof Promise) connecting.then((redis: typeof connection.redis) => (connection.redis = redis), () => {});
   return connection;
+}
+
+/**
+ * Corks the queue's connection until the next turn. Whatever a stand-in queue's client throws
+ * there leaves it uncorked: the release and removal calls must still go out, and settle.
+ * @private
+ */
+function corkForTurn(connection: ReturnType<typeof connectionOf>): void {
+  try {
+    const stream = connection.redis?.stream;
+    if (stream?.writable !== true) return;
+    stream.cork();
+    setImmediate(() => {
+      try {
+        stream.uncork();
+      } catch (error) {
+        debug('uncorking the queue\'s connection failed: %s', describeError(error));
+      }
+    });
+  } catch (error) {
+    debug('corking the queue\'s connection failed: %s', describeError(error));
+  }
 }
 
 /**

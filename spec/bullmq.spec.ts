@@ -130,6 +130,37 @@ describe('bullmqTransport() with a stand-in queue', () => {
     });
     assert.deepEqual(errors, [], 'a failed release is not an error of the tasks');
   });
+
+  const hostileClients: [string, unknown][] = [
+    ['whose stream getter throws', { get stream(): never { throw new Error('stream is broken'); } }],
+    ['whose stream\'s cork() throws', { stream: { writable: true, cork(): never { throw new Error('cork is broken'); }, uncork() {} } }],
+    ['whose stream\'s uncork() throws', { stream: { writable: true, cork() {}, uncork(): never { throw new Error('uncork is broken'); } } }],
+  ];
+  for (const [label, client] of hostileClients) {
+    test(`a release on a queue with a client ${label} settles, without an uncaught exception`, async () => {
+      const notify = defineTask('notify', () => {});
+      const uncaught: unknown[] = [];
+      const onUncaught = (error: unknown): void => void uncaught.push(error);
+      process.on('uncaughtException', onUncaught);
+      const job = { promote: async () => {}, remove: async () => {}, updateData: async () => {} };
+      const queue = { add: async () => job, addBulk: async (jobs: unknown[]) => jobs.map(() => job), getBackend: () => ({ client: Promise.resolve(client) }) } as unknown as Queue;
+      const { app, tasks } = appWith({ transport: bullmqTransport({ queue, timeout: 1000 }) }, (_req, res) => {
+        res.locals.tasks.add(notify);
+        res.status(201).end();
+      });
+      try {
+        await withServer(app, async ({ url }) => {
+          assert.equal((await fetch(`${url}/1`, { method: 'POST' })).status, 201);
+          await Promise.race([tasks.drain(), delay(2000)]);
+          await delay(10); // past the uncork
+        });
+      } finally {
+        process.removeListener('uncaughtException', onUncaught);
+      }
+      assert.deepEqual(uncaught.map(String), []);
+      assert.equal(tasks.pending, 0, 'the release settled');
+    });
+  }
 });
 
 describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
