@@ -12,7 +12,7 @@ import { Redis as Ioredis6 } from 'ioredis';
 import { Redis as Ioredis5 } from 'ioredis5';
 import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions, type DefinedTask, type TaskInfo } from '../lib/index.js';
 import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
-import { deferred, delay, endLaterWithStatus, pausedPost, withServer } from './support/http.js';
+import { deferred, delay, endLaterWithStatus, handlerGate, pausedPost, withServer } from './support/http.js';
 import { freePort, redisProxy, startRedis, uniqueQueue, waitForOutput, type Redis } from './support/redis.js';
 
 const requireFromSpec = createRequire(import.meta.url);
@@ -281,19 +281,16 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     const queue = await uniqueQueue(redis as Redis);
     const ran: string[] = [];
     const step = defineTask('step', (id: string, n: number) => void ran.push(`${id}.${n}`));
-    const gate = deferred();
-    const arrived = deferred();
-    let waiting = 0;
+    const together = handlerGate(3);
     const { app, tasks } = appWith({ transport: bullmqTransport({ queue, lease: 60_000, jobOptions: { attempts: 2 } }) }, async (req, res) => {
-      if (++waiting === 3) arrived.resolve();
-      await gate.promise; // all three handlers go on in the same turn
+      await together.wait(); // all three handlers go on in the same turn
       res.locals.tasks.add(step, String(req.params.id), 1).add(step, String(req.params.id), 2);
       res.status(201).end();
     });
     await withServer(app, async ({ url }) => {
       const responses = ['a', 'b', 'c'].map((id) => fetch(`${url}/${id}`, { method: 'POST' }));
-      await arrived.promise;
-      gate.resolve();
+      await together.arrived;
+      together.open();
       assert.deepEqual(await Promise.all(responses.map(async (response) => (await response).status)), [201, 201, 201]);
       await tasks.drain();
     });
@@ -326,20 +323,17 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     const worker = createWorker({ queueName: queue.name, connection, tasks: [notify] });
     opened.push(queue, worker);
     const body = 'x'.repeat(64 * 2 ** 20); // more than the socket buffers hold
-    const gate = deferred();
-    const arrived = deferred();
-    let waiting = 0;
+    const together = handlerGate(2);
     const { app, tasks } = appWith({ transport: bullmqTransport({ queue }) }, async (req, res) => {
-      if (++waiting === 2) arrived.resolve();
-      await gate.promise;
+      await together.wait();
       res.locals.tasks.add(notify, String(req.params.id));
       res.end(req.params.id === 'slow' ? body : 'ok');
     });
     await withServer(app, async ({ port, url }) => {
       const socket = await pausedPost(port, '/slow'); // reads nothing for now
       const fast = fetch(`${url}/fast`, { method: 'POST' });
-      await arrived.promise;
-      gate.resolve();
+      await together.arrived;
+      together.open();
       await (await fast).text();
       await fastRan.promise;
       const [staged, ...others] = await queue.getJobs(['delayed']);
@@ -368,12 +362,9 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     const worker = createWorker({ queueName: queue.name, connection, tasks: [notify] });
     opened.push(worker);
     const body = 'x'.repeat(64 * 2 ** 20); // more than the socket buffers hold
-    const gate = deferred();
-    const arrived = deferred();
-    let waiting = 0;
+    const together = handlerGate(2);
     const { app, tasks } = appWith({ transport: bullmqTransport({ queue, lease: 60_000, timeout: 2_000 }) }, async (req, res) => {
-      if (++waiting === 2) arrived.resolve();
-      await gate.promise; // both in one staged job
+      await together.wait(); // both in one staged job
       res.locals.tasks.add(notify, String(req.params.id));
       res.end(req.params.id === 'slow' ? body : 'ok');
     });
@@ -381,8 +372,8 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
       await withServer(app, async ({ port, url }) => {
         const socket = await pausedPost(port, '/slow'); // reads nothing for now
         const fast = fetch(`${url}/fast`, { method: 'POST' });
-        await arrived.promise;
-        gate.resolve();
+        await together.arrived;
+        together.open();
         await (await fast).text();
         proxy.cut(); // within the 100 ms grace: the fast response's job of its own cannot be added
         await delay(300); // past the grace: its Redis calls wait for a connection
@@ -428,9 +419,7 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
     opened.push(queue);
     const notify = defineTask('notify', (_id: string) => {});
     const body = 'x'.repeat(64 * 2 ** 20); // more than the socket buffers hold
-    const gate = deferred();
-    const arrived = deferred();
-    let waiting = 0;
+    const together = handlerGate(2);
     const tasks = backgroundTasks({ transport: bullmqTransport({ queue }), runOn: 'success' });
     const app = express();
     app.use(tasks);
@@ -440,16 +429,15 @@ describe('bullmqTransport() and createWorker() against Redis', { skip }, () => {
       endLaterWithStatus(res, 500, 10);
       next();
     }, async (req, res) => {
-      if (++waiting === 2) arrived.resolve();
-      await gate.promise; // both end in the same turn
+      await together.wait(); // both end in the same turn
       res.locals.tasks.add(notify, String(req.params.id));
       res.end(req.params.id === 'slow' ? body : 'ok');
     });
     await withServer(app, async ({ port, url }) => {
       const socket = await pausedPost(port, '/slow'); // reads nothing for now
       const failing = fetch(`${url}/fails-later`, { method: 'POST' });
-      await arrived.promise;
-      gate.resolve();
+      await together.arrived;
+      together.open();
       assert.equal((await failing).status, 500);
       for (const startedAt = Date.now(); tasks.pending > 1 && Date.now() - startedAt < 5_000;) await delay(10);
       assert.equal(tasks.pending, 1, 'only the slow response\'s task is pending');

@@ -13,7 +13,7 @@ import express from 'express';
 import { backgroundTasks, defineTask, type BackgroundTasksOptions } from '../lib/index.js';
 import * as onBullmq6 from '../lib/bullmq.js';
 import type { BatchJobData, TasksJobData } from '../lib/bullmq.js';
-import { deferred, endLaterWithStatus, withServer } from './support/http.js';
+import { deferred, endLaterWithStatus, handlerGate, withServer } from './support/http.js';
 import { startRedis } from './support/redis.js';
 
 register('./support/bullmq5-resolve.mjs', import.meta.url);
@@ -67,20 +67,14 @@ function jobEvents(worker: Worker5 | Worker6, event: 'completed' | 'failed', cou
  * @return the responses' statuses
  */
 function sameTurnGate(): { sameTurn: () => Promise<void>; endTogether: (url: string, ids: readonly string[]) => Promise<number[]> } {
-  let expected = 0;
-  let arrived = deferred();
-  let gate = deferred();
+  let together = handlerGate(0);
   return {
-    sameTurn() {
-      if (--expected === 0) arrived.resolve();
-      return gate.promise;
-    },
+    sameTurn: () => together.wait(),
     async endTogether(url, ids) {
-      expected = ids.length;
-      [arrived, gate] = [deferred(), deferred()];
+      together = handlerGate(ids.length);
       const responses = ids.map((id) => fetch(`${url}/${id}`, { method: 'POST' }));
-      await arrived.promise;
-      gate.resolve();
+      await together.arrived;
+      together.open();
       return Promise.all(responses.map(async (response) => (await response).status));
     },
   };

@@ -92,6 +92,25 @@ export async function rawRequest(port: number, path: string, extraHeaders = ''):
 }
 
 /**
+ * Holds `count` request handlers until all of them have arrived, then lets them go on together, in
+ * one turn of the event loop: each handler awaits `wait()`; the spec awaits `arrived`, then calls
+ * `open()`.
+ */
+export function handlerGate(count: number): { wait(): Promise<void>; readonly arrived: Promise<void>; open(): void } {
+  const arrived = deferred();
+  const gate = deferred();
+  let waiting = 0;
+  return {
+    wait() {
+      if (++waiting === count) arrived.resolve();
+      return gate.promise;
+    },
+    arrived: arrived.promise,
+    open: () => gate.resolve(),
+  };
+}
+
+/**
  * Opens a raw TCP connection to the app and sends an empty POST request, reading nothing until
  * the caller resumes the socket: a slow client.
  */
