@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { Queue } from 'bullmq';
-import type { BatchJobData, TasksJobData } from '../lib/bullmq.js';
+import type { TasksJobData } from '../lib/bullmq.js';
 import { startRedis, waitForOutput } from '../spec/support/redis.js';
 
 const trials = 10;
@@ -28,8 +28,8 @@ for (const mode of ['staged', 'after the flush'] as const) {
 
     const queue = new Queue(queueName, { connection: { host: redis.host, port: redis.port } });
     // Staged and not yet promoted: delayed. A staged job may hold the tasks of several responses.
-    for (const { data } of await queue.getJobs(['waiting', 'delayed']) as { data: TasksJobData | BatchJobData }[]) {
-      tasksStored += 'batch' in data ? data.batch.reduce((sum, { tasks }) => sum + tasks.length, 0) : data.tasks.length;
+    for (const { data } of await queue.getJobs(['waiting', 'delayed']) as { data: TasksJobData }[]) {
+      tasksStored += data.tasks.length;
     }
     await queue.obliterate({ force: true });
     await queue.close();
