@@ -1,9 +1,8 @@
-import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
-import onFinished from 'on-finished';
 import { captureJsonArgs, checkTaskFunction, definedName } from './definition.js';
 import { messageOf, ShutdownError } from './errors.js';
 import { HandOff } from './handoff.js';
+import { type EndListener, statusIsFinal, watchEnd, whenFlushed } from './lifecycle.js';
 import type { Settings } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
 import { type Abandon, debug, report, reportInScope, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
@@ -71,8 +70,6 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
   /** The defined tasks on their way to the transport; made by the first. */
   #handOff: HandOff | undefined = undefined;
   #onSettled: (() => void) | undefined = undefined;
-  /** Whether `res.end` is watched, for staging or for the status of `runOn: 'success'`. */
-  #watchingEnd = false;
   /** In `awaiting-end`, the timer that stops waiting for the handler's end. */
   #endTimer: NodeJS.Timeout | undefined = undefined;
   /** Tasks of this response queued, running or being handed off. */
@@ -109,18 +106,13 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     this.#scheduler.admit(fn);
     if (this.#pending++ === 0) {
       this.#scheduler.active.add(this);
-      if (this.#scheduler.closing) this.closing();
       this.#settledForPlatform = keepPlatformAwake();
     }
     const task = new Task(fn as (...args: never[]) => unknown, captured);
     const { settings } = this.#scheduler;
     const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
     if (transport !== undefined && 'send' in transport) {
-      if (this.#handOff === undefined) {
-        this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
-        // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
-        if (settings.staging !== undefined && !this.#res.writableEnded) this.#watchEnd();
-      }
+      this.#handOff ??= new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
       this.#handOff.add(task);
     } else {
       task.runner = transport;
@@ -141,25 +133,12 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     return this;
   }
 
-  /** The handler is calling `res.end()`: its defined tasks are about to be staged. */
-  ending(): void {
-    this.#handOff?.ending();
-  }
-
-  /** The handler's `res.end()` has gone through: stage its defined tasks; decide on its status if its client left. */
+  /** The handler's `res.end()` has gone through, its client gone: decide on its status. */
   ended(): void {
-    this.#handOff?.ended();
     if (this.#phase === 'awaiting-end') {
       clearTimeout(this.#endTimer);
       setImmediate(() => this.#start()); // not inside the handler's end(): the handler goes on first
     }
-  }
-
-  /**
-   * At the start of `close()`: a response not sent yet tells its client to close the connection.
-   */
-  closing(): void {
-    if (!this.#res.headersSent) this.#res.setHeader('Connection', 'close');
   }
 
   /**
@@ -255,18 +234,11 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       // Decide on the status the handler sends, not the 200 a client that left early would leave
       // behind. Once the headers are out, or end() called, the status can no longer change.
       this.#phase = 'awaiting-end';
-      this.#watchEnd();
+      watchEnd(this.#res, this);
       this.#endTimer = setTimeout(() => this.#start(), END_WAIT_MS).unref();
       return;
     }
     this.#start();
-  }
-
-  /** Has `ending()` and `ended()` called as the handler ends the response. */
-  #watchEnd(): void {
-    if (this.#watchingEnd) return;
-    this.#watchingEnd = true;
-    watchEnd(this.#res, this);
   }
 
   /**
@@ -381,124 +353,3 @@ function keepPlatformAwake(): (() => void) | undefined {
 
 /** Where Vercel's runtime puts the request context (`@vercel/functions` reads it from there). */
 const REQUEST_CONTEXT = Symbol.for('@vercel/request-context');
-
-/**
- * Calls `callback` once every byte of `res` has been handed to the OS, or its connection closed.
- * on-finished counts a response as finished as soon as `res.end()` was called, so a task queued
- * after `res.json()` would start while a slow client is still reading; for that case wait for
- * the response's `close`, which Node emits after `finish` or when the connection drops.
- * @private
- */
-function whenFlushed(res: Response, callback: () => void): void {
-  if (res.writableFinished || res.destroyed) {
-    setImmediate(callback);
-    return;
-  }
-  if (res.socket === null) callback = orOnConnectionClose(res, callback);
-  if (!res.writableEnded) onFinished(res, callback);
-  else res.once('close', callback);
-}
-
-/**
- * @return whether the response's status can no longer change: its headers are out, or the handler
- *   has ended it (on a destroyed connection, `end()` sends no headers)
- * @private
- */
-function statusIsFinal(res: Response): boolean {
-  return res.headersSent || res.writableEnded;
-}
-
-/**
- * What watches the handler's end of a response.
- * @private
- */
-interface EndListener {
-  /** Called as the handler calls `res.end()`, before the end goes through. */
-  ending(): void;
-  /** Called once it has gone through, or thrown. */
-  ended(): void;
-}
-
-/**
- * Has `listener` called around the handler's `res.end()` (called directly or through `send`,
- * `json`, `redirect`…). Only the first end is watched; `res.end` is then put back.
- * @private
- */
-function watchEnd(res: Response, listener: EndListener): void {
-  const end = res.end;
-  let watching = true;
-  const watchedEnd = function (this: Response, ...args: Parameters<Response['end']>): Response {
-    if (!watching) return end.apply(this, args); // a reference kept by another wrapper of res.end
-    watching = false;
-    if (res.end === watchedEnd) res.end = end;
-    listener.ending();
-    try {
-      return end.apply(this, args);
-    } finally {
-      listener.ended();
-    }
-  } as Response['end'];
-  res.end = watchedEnd;
-}
-
-/**
- * A pipelined response waits for the responses before it to release the socket. If the client
- * goes away meanwhile, Node never gives it the socket nor emits its `close`: only the
- * connection's `close` tells. Wraps `callback` to run once, on whichever comes first.
- * @private
- */
-function orOnConnectionClose(res: Response, callback: () => void): () => void {
-  const connection = res.req.socket;
-  let called = false;
-  const once = (): void => {
-    if (called) return;
-    called = true;
-    forgetCloseWaiter(connection, once);
-    callback();
-  };
-  if (connection.destroyed) setImmediate(once);
-  else addCloseWaiter(connection, once);
-  return once;
-}
-
-/**
- * The callbacks waiting for each connection's `close`: one listener per connection, however many
- * pipelined responses wait on it, so no client can make it warn of a leak.
- * @private
- */
-const closeWaiters = new WeakMap<Socket, Set<() => void>>();
-
-/**
- * Calls `waiter` when `connection` closes.
- * @private
- */
-function addCloseWaiter(connection: Socket, waiter: () => void): void {
-  let waiters = closeWaiters.get(connection);
-  if (waiters === undefined) {
-    waiters = new Set();
-    closeWaiters.set(connection, waiters);
-    connection.once('close', runCloseWaiters);
-  }
-  waiters.add(waiter);
-}
-
-/**
- * Stops waiting for `connection` to close; the last waiter removes the listener.
- * @private
- */
-function forgetCloseWaiter(connection: Socket, waiter: () => void): void {
-  const waiters = closeWaiters.get(connection);
-  if (waiters === undefined || !waiters.delete(waiter) || waiters.size !== 0) return;
-  closeWaiters.delete(connection);
-  connection.removeListener('close', runCloseWaiters);
-}
-
-/**
- * The one `close` listener of a connection with waiters.
- * @private
- */
-function runCloseWaiters(this: Socket): void {
-  const waiters = closeWaiters.get(this);
-  closeWaiters.delete(this);
-  if (waiters !== undefined) for (const waiter of waiters) waiter();
-}
