@@ -149,6 +149,12 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    */
   abandon(deadlineMs: number): number {
     const { settings } = this.#scheduler;
+    if (settings.dropOnFailure && !statusIsFinal(this.#res) && this.#running === undefined) {
+      // No status says the request succeeded: dropped, as its tasks would be at the end of the wait.
+      clearTimeout(this.#endTimer);
+      this.#drop(`the handler had not ended the response at the close() deadline, ${deadlineMs} ms after close()`);
+      return 0;
+    }
     const queued: Task[] = this.#handOff?.abandon() ?? [];
     for (let task = this.#head; task !== undefined; task = task.next) queued.push(task);
     this.#head = this.#tail = undefined;
@@ -247,13 +253,9 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    */
   #start(): void {
     if (this.#scheduler.settings.dropOnFailure && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
-      if (statusIsFinal(this.#res)) debug('dropped %d task(s): response status %d', this.size, this.#res.statusCode);
-      else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.size, END_WAIT_MS);
-      this.#settle(this.#size);
-      this.#head = this.#tail = undefined;
-      this.#size = 0;
-      this.#phase = 'dropped';
-      this.#handOff?.drop();
+      this.#drop(statusIsFinal(this.#res)
+        ? `response status ${this.#res.statusCode}`
+        : `the handler did not end the response within ${END_WAIT_MS} ms of its client leaving`);
       return;
     }
     this.#handOff?.flushed();
@@ -263,6 +265,16 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       this.#phase = 'active';
       this.#startTurn();
     }
+  }
+
+  /** `runOn: 'success'` refuses the response: its tasks are dropped, unreported. */
+  #drop(reason: string): void {
+    debug('dropped %d task(s): %s', this.size, reason);
+    this.#settle(this.#size);
+    this.#head = this.#tail = undefined;
+    this.#size = 0;
+    this.#phase = 'dropped';
+    this.#handOff?.drop();
   }
 
   /** Counts `count` of this response's tasks settled; a queue with none pending leaves the active set. */
