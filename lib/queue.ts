@@ -176,7 +176,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     this.#size = 0;
     for (const task of queued) {
       const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: still queued ${deadlineMs} ms after close()`);
-      reportInScope(task, error, this.#req, this.#res, false, settings);
+      reportInScope(task, error, { req: this.#req, res: this.#res, settings });
     }
     if (queued.length > 0) this.#settle(queued.length);
     const running = this.#running;
@@ -320,7 +320,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     if (this.#scheduler.closed) {
       for (const task of tasks) {
         const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: its hand-off failed after close() had given up or finished`);
-        reportInScope(task, error, this.#req, this.#res, false, this.#scheduler.settings);
+        reportInScope(task, error, { req: this.#req, res: this.#res, settings: this.#scheduler.settings });
       }
       this.#settle(tasks.length);
       return;
