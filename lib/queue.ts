@@ -115,7 +115,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     const task = new Task(fn as (...args: never[]) => unknown, captured);
     const { settings } = this.#scheduler;
     const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
-    if (transport !== undefined && 'send' in transport) {
+    if (transport !== undefined && transport.kind !== 'runner') {
       if (this.#handOff === undefined) {
         this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
         // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
