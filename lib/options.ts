@@ -46,9 +46,7 @@ export interface BackgroundTasksOptions {
    * it, and returns what that function returns. Whatever the task does then happens inside what
    * `around` set up: the active span of a tracer, a child logger, a Sentry scope. Call `run` once.
    * A synchronous `around` keeps a synchronous task synchronous. What `around` throws or rejects
-   * with is reported to `onError` as the task's failure. `info` is the very object the tracing
-   * channel publishes this run's events with, so a subscriber can find what `around` keyed on it
-   * (the `express-background-tasks/otel` entry ends its spans so).
+   * with is reported to `onError` as the task's failure.
    * @default none: tasks are called directly
    * @example
    * backgroundTasks({ around: (info, run) => logger.child({ task: info.name, requestId: info.requestId }).run(run) })
