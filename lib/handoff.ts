@@ -79,7 +79,7 @@ export class HandOff {
   ended(): void {
     const staging = this.#settings.staging;
     if (staging === undefined || this.#queued.length === 0 || this.#sending) return;
-    if (this.#settings.dropOnFailure && this.#res.statusCode >= 400) {
+    if (this.#settings.runOn === 'success' && this.#res.statusCode >= 400) {
       this.#letEndThrough(true);
       return;
     }
@@ -174,7 +174,7 @@ export class HandOff {
       this.#settle(tasks.length);
       return;
     }
-    const aborted = this.#holding && this.#settings.abortUnstaged;
+    const aborted = this.#holding && this.#settings.stagingFailure === 'abort';
     this.#letEndThrough(!aborted);
     this.#failed(tasks, cause, aborted);
     // Then the tasks queued since: should their send fail too, they fall back behind these.
@@ -257,17 +257,17 @@ export class HandOff {
    */
   #failed(tasks: Task[], cause: unknown, aborted: boolean): void {
     const settings = this.#settings;
-    const fallback = settings.runLocallyOnHandOffFailure;
+    const inProcess = settings.fallback === 'in-process';
     const reason = messageOf(cause);
     const consequence = aborted
-      ? `, so its response was aborted${fallback ? ' and it runs in this process' : ''}`
-      : fallback ? ', so it runs in this process' : '';
+      ? `, so its response was aborted${inProcess ? ' and it runs in this process' : ''}`
+      : inProcess ? ', so it runs in this process' : '';
     for (const task of tasks) {
       const name = taskName(task.fn);
       const error = new HandOffError(`Task ${name} could not be handed off${consequence}: ${reason}`, { cause });
       reportInScope(task, error, this.#req, this.#res, false, settings);
     }
-    if (fallback) this.#runHere(tasks);
+    if (inProcess) this.#runHere(tasks);
     else this.#settle(tasks.length);
   }
 

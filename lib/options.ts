@@ -233,7 +233,7 @@ export interface Settings {
   readonly timeout: number;
   readonly concurrency: number;
   readonly maxPending: number;
-  readonly dropOnFailure: boolean;
+  readonly runOn: 'always' | 'success';
   /** The transport that stores defined tasks, if one does. */
   readonly transport: TaskTransport | undefined;
   /** The transport's two-phase form, and its `timeout`, read once. */
@@ -243,8 +243,8 @@ export interface Settings {
   readonly runners: readonly TaskRunner[];
   /** The transport that takes the defined task `name`, or `undefined` when it runs here. */
   readonly transportFor: (name: string) => TaskTransport | TaskRunner | undefined;
-  readonly runLocallyOnHandOffFailure: boolean;
-  readonly abortUnstaged: boolean;
+  readonly fallback: 'none' | 'in-process';
+  readonly stagingFailure: 'abort' | 'respond';
 }
 
 /**
@@ -290,11 +290,11 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     timeout: checkTimeout(timeout, true),
     concurrency: checkCount('concurrency', concurrency),
     maxPending: checkCount('maxPending', maxPending),
-    dropOnFailure: runOn === 'success',
+    runOn,
     ...transports,
     ...checkStaging(transports.transport?.staging),
-    runLocallyOnHandOffFailure: fallback === 'in-process',
-    abortUnstaged: stagingFailure === 'abort',
+    fallback,
+    stagingFailure,
   };
 }
 

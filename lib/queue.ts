@@ -251,7 +251,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
 
   /** The response has been flushed, or its connection closed. Runs inside on-finished: must not throw. */
   #flushed(): void {
-    if (this.#scheduler.settings.dropOnFailure && !statusIsFinal(this.#res)) {
+    if (this.#scheduler.settings.runOn === 'success' && !statusIsFinal(this.#res)) {
       // Decide on the status the handler sends, not the 200 a client that left early would leave
       // behind. Once the headers are out, or end() called, the status can no longer change.
       this.#phase = 'awaiting-end';
@@ -274,7 +274,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    * refuses the response.
    */
   #start(): void {
-    if (this.#scheduler.settings.dropOnFailure && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
+    if (this.#scheduler.settings.runOn === 'success' && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
       if (statusIsFinal(this.#res)) debug('dropped %d task(s): response status %d', this.size, this.#res.statusCode);
       else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.size, END_WAIT_MS);
       this.#settle(this.#size);
