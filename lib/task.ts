@@ -3,7 +3,7 @@ import diagnostics from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import createDebug from 'debug';
 import type { Request, Response } from 'express';
-import { describeError, isPermanent, ShutdownError, TimeoutError } from './errors.js';
+import { describeError, isPermanent, TimeoutError } from './errors.js';
 import type { HandedOffTask, Retry, RetryBackoff, Settings, TaskInfo, TaskRunner } from './options.js';
 import { signalTaker } from './signal.js';
 
@@ -157,6 +157,9 @@ export async function whenSettled(
   try {
     outcome = await value;
   } catch (error) {
+    // A native promise whose `constructor` getter throws makes `await` throw before it yields:
+    // wait a job, so that no callback runs inside this call.
+    await undefined;
     onRejected(error);
     return;
   }
@@ -198,11 +201,11 @@ export function handedOff(task: Task): HandedOffTask {
  * @param attempt - the attempt that failed, from 1
  * @param error - what it failed with
  * @return milliseconds to wait before the next attempt, or `undefined` when there is none: no
- *   `retry`, the attempts are spent, or the error is a `PermanentError` (or a `ShutdownError`)
+ *   `retry`, the attempts are spent, or the error is a `PermanentError`
  * @internal
  */
 export function retryDelay(retry: Retry | undefined, attempt: number, error: unknown): number | undefined {
-  if (retry === undefined || attempt >= retry.attempts || isPermanent(error) || error instanceof ShutdownError) return undefined;
+  if (retry === undefined || attempt >= retry.attempts || isPermanent(error)) return undefined;
   return backoffDelay(retry.backoff, attempt);
 }
 
@@ -246,12 +249,13 @@ export function report(error: unknown, info: TaskInfo, settings: Settings): void
 }
 
 /**
- * A run of `task` failed with `error`: has the queue run it again after its backoff, when its
- * `retry` allows another attempt, or else reports the error (from inside the task's async context).
+ * A run of `task` failed with `error`: has the queue run it again after its backoff, when it is
+ * `retryable` and its `retry` allows another attempt, or else reports the error (from inside the
+ * task's async context).
  * @private
  */
-function attemptFailed(task: Task, error: unknown, run: TaskRun): void {
-  const delayMs = retryDelay(task.retry, task.attempt, error);
+function attemptFailed(task: Task, error: unknown, run: TaskRun, retryable = true): void {
+  const delayMs = retryable ? retryDelay(task.retry, task.attempt, error) : undefined;
   if (delayMs === undefined) {
     reportInScope(task, error, run.req, run.res, true, run.settings);
     return;
@@ -324,9 +328,9 @@ function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, cont
   const abandon = (error: Error): void => {
     if (done) return;
     task.controller?.abort(error); // before the report: the task learns it first
-    finish(true, error);
+    finish(true, error, error instanceof TimeoutError); // a task given up on at shutdown is not retried
   };
-  const finish = (failed: boolean, outcome: unknown): void => {
+  const finish = (failed: boolean, outcome: unknown, retryable = true): void => {
     if (done) {
       debug('%s settled after it was given up on', taskName(task.fn));
       return;
@@ -345,7 +349,7 @@ function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, cont
         taskTracing.asyncStart.publish(context);
         taskTracing.asyncEnd.publish(context);
       }
-      if (failed) attemptFailed(task, outcome, run);
+      if (failed) attemptFailed(task, outcome, run, retryable);
       else if (run.debugging) finished(task);
     });
     run.settled();
