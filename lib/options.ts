@@ -46,9 +46,7 @@ export interface BackgroundTasksOptions {
    * it, and returns what that function returns. Whatever the task does then happens inside what
    * `around` set up: the active span of a tracer, a child logger, a Sentry scope. Call `run` once.
    * A synchronous `around` keeps a synchronous task synchronous. What `around` throws or rejects
-   * with is reported to `onError` as the task's failure. `info` is the very object the tracing
-   * channel publishes this run's events with, so a subscriber can find what `around` keyed on it
-   * (the `express-background-tasks/otel` entry ends its spans so).
+   * with is reported to `onError` as the task's failure.
    * @default none: tasks are called directly
    * @example
    * backgroundTasks({ around: (info, run) => logger.child({ task: info.name, requestId: info.requestId }).run(run) })
@@ -132,6 +130,12 @@ export interface RetryBackoff {
  */
 export interface TaskTransport {
   /**
+   * What kind of transport this is: one that stores tasks for workers elsewhere. Left out, a
+   * transport is taken to be of this kind; one that runs tasks says `kind: 'runner'`.
+   * @default 'job-queue'
+   */
+  readonly kind?: 'job-queue' | undefined;
+  /**
    * Stores the tasks one response queued, in order, for workers to run.
    * @param tasks - name and JSON arguments of each task
    * @return a promise that resolves once the tasks are stored and rejects when they could not be;
@@ -193,6 +197,8 @@ export interface TaskStaging {
  * @public
  */
 export interface TaskRunner {
+  /** What kind of transport this is: one that runs tasks, as opposed to a job queue storing them. */
+  readonly kind: 'runner';
   /**
    * Runs one task.
    * @param task - its name and JSON arguments
@@ -281,7 +287,7 @@ export interface Settings {
   readonly timeout: number;
   readonly concurrency: number;
   readonly maxPending: number;
-  readonly dropOnFailure: boolean;
+  readonly runOn: 'always' | 'success';
   /** The transport that stores defined tasks, if one does. */
   readonly transport: TaskTransport | undefined;
   /** The transport's two-phase form, and its `timeout`, read once. */
@@ -291,8 +297,8 @@ export interface Settings {
   readonly runners: readonly TaskRunner[];
   /** The transport that takes the defined task `name`, or `undefined` when it runs here. */
   readonly transportFor: (name: string) => TaskTransport | TaskRunner | undefined;
-  readonly runLocallyOnHandOffFailure: boolean;
-  readonly abortUnstaged: boolean;
+  readonly fallback: 'none' | 'in-process';
+  readonly stagingFailure: 'abort' | 'respond';
   /** How tasks without a `retry` of their own are retried; `undefined` when they are not. */
   readonly retry: Retry | undefined;
 }
@@ -349,11 +355,11 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     timeout: checkTimeout(timeout, true),
     concurrency: checkCount('concurrency', concurrency),
     maxPending: checkCount('maxPending', maxPending),
-    dropOnFailure: runOn === 'success',
+    runOn,
     ...transports,
     ...checkStaging(transports.transport?.staging),
-    runLocallyOnHandOffFailure: fallback === 'in-process',
-    abortUnstaged: stagingFailure === 'abort',
+    fallback,
+    stagingFailure,
     retry: checkRetry(retry, 'retry'),
   };
 }
@@ -509,11 +515,11 @@ function resolveTransports(option: BackgroundTasksOptions['transport']): Pick<Se
   list.forEach((candidate, index) => {
     const label = Array.isArray(option) ? `transport[${index}]` : 'transport';
     const transport = checkTransport(label, candidate);
-    if ('send' in transport) {
-      if (store !== undefined) throw new TypeError(invalid(label, 'the only transport that stores tasks (one with send())', transport));
-      store = transport;
-    } else {
+    if (transport.kind === 'runner') {
       runners.push(transport);
+    } else {
+      if (store !== undefined) throw new TypeError(invalid(label, 'the only transport that stores tasks (a job queue)', transport));
+      store = transport;
     }
     if (transport.tasks === undefined) {
       if (index !== list.length - 1) {
@@ -532,6 +538,8 @@ function resolveTransports(option: BackgroundTasksOptions['transport']): Pick<Se
 }
 
 /**
+ * Checks a transport by the `kind` it declares: `'runner'` must have `run()`; `'job-queue'`, or no
+ * `kind`, must have `send()`.
  * @param label - `transport`, or `transport[i]` in a list
  * @param transport - what the option holds there
  * @return it, once checked to be a transport that stores or one that runs, with a valid `tasks`
@@ -539,9 +547,14 @@ function resolveTransports(option: BackgroundTasksOptions['transport']): Pick<Se
  * @private
  */
 function checkTransport(label: string, transport: unknown): TaskTransport | TaskRunner {
-  const { send, run, tasks } = (typeof transport === 'object' && transport !== null ? transport : {}) as Partial<Record<'send' | 'run' | 'tasks', unknown>>;
-  if ((typeof send === 'function') === (typeof run === 'function')) {
-    const expectation = 'a transport: an object with either a send() method, such as bullmqTransport({ queue }), or a run() method, such as piscinaTransport({ filename })';
+  const { kind, send, run, tasks } = (typeof transport === 'object' && transport !== null ? transport : {}) as Partial<Record<'kind' | 'send' | 'run' | 'tasks', unknown>>;
+  if (kind === 'runner' ? typeof run !== 'function' : kind !== undefined && kind !== 'job-queue') {
+    throw new TypeError(invalid(`${label}.kind`, "'job-queue' (an object with send(), such as bullmqTransport({ queue })) or 'runner' (an object with run(), such as piscinaTransport({ filename }))", kind));
+  }
+  if (kind !== 'runner' && typeof send !== 'function') {
+    const expectation = typeof run === 'function'
+      ? "a job queue with a send() method, or, as it has run(), one declaring kind: 'runner'"
+      : "a transport: a job queue with a send() method, such as bullmqTransport({ queue }), or an object with kind: 'runner' and a run() method, such as piscinaTransport({ filename })";
     throw new TypeError(invalid(label, expectation, transport));
   }
   if (tasks !== undefined && !(Array.isArray(tasks) && tasks.every((name) => typeof name === 'string' && name !== ''))) {

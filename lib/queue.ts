@@ -121,7 +121,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     const { settings } = this.#scheduler;
     task.retry = durableName === undefined ? settings.retry : retryOf(fn) ?? settings.retry;
     const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
-    if (transport !== undefined && 'send' in transport) {
+    if (transport !== undefined && transport.kind !== 'runner') {
       if (this.#handOff === undefined) {
         this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
         // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
@@ -183,7 +183,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       this.#retrying = this.#retryTimer = undefined;
       const attempts = `${retrying.attempt} of ${(retrying.retry as Retry).attempts} attempts`;
       const error = new ShutdownError(`Task ${taskName(retrying.fn)} was abandoned at shutdown: waiting for its next attempt ${deadlineMs} ms after close(), after ${attempts} had failed`);
-      reportInScope(retrying, error, this.#req, this.#res, false, settings);
+      reportInScope(retrying, error, { req: this.#req, res: this.#res, settings });
       this.#settle(1);
     }
     const abandoned = retrying === undefined ? 0 : 1;
@@ -193,7 +193,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     this.#size = 0;
     for (const task of queued) {
       const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: still queued ${deadlineMs} ms after close()`);
-      reportInScope(task, error, this.#req, this.#res, false, settings);
+      reportInScope(task, error, { req: this.#req, res: this.#res, settings });
     }
     if (queued.length > 0) this.#settle(queued.length);
     const running = this.#running;
@@ -305,7 +305,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
 
   /** The response has been flushed, or its connection closed. Runs inside on-finished: must not throw. */
   #flushed(): void {
-    if (this.#scheduler.settings.dropOnFailure && !statusIsFinal(this.#res)) {
+    if (this.#scheduler.settings.runOn === 'success' && !statusIsFinal(this.#res)) {
       // Decide on the status the handler sends, not the 200 a client that left early would leave
       // behind. Once the headers are out, or end() called, the status can no longer change.
       this.#phase = 'awaiting-end';
@@ -328,7 +328,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    * refuses the response.
    */
   #start(): void {
-    if (this.#scheduler.settings.dropOnFailure && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
+    if (this.#scheduler.settings.runOn === 'success' && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
       if (statusIsFinal(this.#res)) debug('dropped %d task(s): response status %d', this.size, this.#res.statusCode);
       else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.size, END_WAIT_MS);
       this.#settle(this.#size);
@@ -374,7 +374,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     if (this.#scheduler.closed) {
       for (const task of tasks) {
         const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: its hand-off failed after close() had given up or finished`);
-        reportInScope(task, error, this.#req, this.#res, false, this.#scheduler.settings);
+        reportInScope(task, error, { req: this.#req, res: this.#res, settings: this.#scheduler.settings });
       }
       this.#settle(tasks.length);
       return;

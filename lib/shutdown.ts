@@ -4,7 +4,7 @@ import type { Server } from 'node:net';
 import { holdingAnEnd } from './handoff.js';
 import { checkOptions, checkTimeout, type TaskRunner } from './options.js';
 import type { Scheduler } from './scheduler.js';
-import { debug, whenSettled } from './task.js';
+import { debug, settleCall, withDeadline } from './task.js';
 import { describeError, invalid } from './errors.js';
 
 /**
@@ -66,15 +66,6 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
   for (const queue of scheduler.active) queue.closing();
   const settledBefore = scheduler.settledCount;
   debug('closing: %d task(s) pending, deadline in %d ms', scheduler.pending, timeoutMs);
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<false>((resolve) => {
-    if (timeoutMs === Infinity) return;
-    timer = setTimeout(() => {
-      // From this instant no queue starts and no task is accepted: what is left is given up on.
-      scheduler.closed = true;
-      resolve(false);
-    }, timeoutMs);
-  });
   const drained = (async (): Promise<true> => {
     if (server !== undefined) await closeServer(server);
     // A task added as the last ones settle (an async onError's retry) would start after close()
@@ -83,8 +74,12 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
     scheduler.closed = true;
     return true;
   })();
-  return Promise.race([drained, deadline]).then(async (inTime) => {
-    clearTimeout(timer);
+  const atDeadline = (): false => {
+    // From this instant no queue starts and no task is accepted: what is left is given up on.
+    scheduler.closed = true;
+    return false;
+  };
+  return withDeadline(drained, timeoutMs, atDeadline).then(async (inTime) => {
     let abandoned = 0;
     if (!inTime) for (const queue of [...scheduler.active]) abandoned += queue.abandon(timeoutMs);
     await closeRunners(scheduler.settings.runners);
@@ -107,15 +102,8 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
  */
 async function closeRunners(runners: readonly TaskRunner[]): Promise<void> {
   if (runners.length === 0) return;
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<void>((resolve) => {
-    timer = setTimeout(() => {
-      debug('a transport did not close within %d ms', RUNNER_CLOSE_MS);
-      resolve();
-    }, RUNNER_CLOSE_MS).unref();
-  });
-  await Promise.race([Promise.all(runners.map(closeRunner)), late]);
-  clearTimeout(timer);
+  const late = (): void => debug('a transport did not close within %d ms', RUNNER_CLOSE_MS);
+  await withDeadline(Promise.all(runners.map(closeRunner)), RUNNER_CLOSE_MS, late, true);
 }
 
 /** How long `close()` waits for the runners' own `close()` (a thread pool's takes milliseconds). */
@@ -126,13 +114,7 @@ const RUNNER_CLOSE_MS = 1_000;
  * @private
  */
 function closeRunner(runner: TaskRunner): Promise<void> {
-  let closing: unknown;
-  try {
-    closing = runner.close?.();
-  } catch (error) {
-    closing = Promise.reject(error);
-  }
-  return whenSettled(closing, () => {}, (error) => debug('closing a transport failed: %s', describeError(error)));
+  return settleCall(() => runner.close?.(), () => {}, (error) => debug('closing a transport failed: %s', describeError(error)));
 }
 
 /**

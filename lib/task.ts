@@ -77,13 +77,20 @@ export class Task extends AsyncResource {
 export type Abandon = (error: Error) => void;
 
 /**
- * What running the tasks of one response needs, gathered once per run of its queue.
+ * The response a task was queued for, and the settings of its middleware: what reporting it needs.
  * @internal
  */
-export interface TaskRun {
+export interface TaskScope {
   readonly req: Request;
   readonly res: Response;
   readonly settings: Settings;
+}
+
+/**
+ * What running the tasks of one response needs, gathered once per run of its queue.
+ * @internal
+ */
+export interface TaskRun extends TaskScope {
   /** Whether the tracing channel has subscribers (read once per run). */
   readonly traced: boolean;
   /** Whether `debug` is enabled (read once per run: its getter is not free). */
@@ -142,28 +149,43 @@ export function runTask(task: Task, run: TaskRun): Abandon | undefined {
 }
 
 /**
- * Calls `onFulfilled` or `onRejected` once `value` settles, as `await` sees it: a native promise by
- * its own state (an own `then` or a throwing `constructor` cannot break it), any other thenable
- * through its `then`, in a later job, once. Never throws and never leaves a rejection unhandled,
- * provided the callbacks do not throw.
+ * Calls a foreign function (a transport's, a runner's) and observes how it settles: a throw goes
+ * to `onRejected` at once, what it returns as `whenSettled()` sees it.
+ * @return a promise that resolves once a callback has been called; it never rejects, provided the
+ *   callbacks do not throw
  * @internal
  */
-export async function whenSettled(
-  value: unknown,
+export function settleCall(
+  call: () => unknown,
   onFulfilled: (value: unknown) => void,
   onRejected: (error: unknown) => void,
 ): Promise<void> {
-  let outcome: unknown;
+  let returned: unknown;
   try {
-    outcome = await value;
+    returned = call();
   } catch (error) {
-    // A native promise whose `constructor` getter throws makes `await` throw before it yields:
-    // wait a job, so that no callback runs inside this call.
-    await undefined;
     onRejected(error);
-    return;
+    return Promise.resolve();
   }
-  onFulfilled(outcome);
+  return whenSettled(returned, onFulfilled, onRejected);
+}
+
+/**
+ * Waits for `promise`, or `ms` milliseconds, whichever comes first; the timer is cleared as soon as
+ * `promise` settles first.
+ * @param ms - the deadline; `Infinity` for none
+ * @param atDeadline - what the result is, when the deadline comes first
+ * @param unref - whether the timer must not hold the process
+ * @internal
+ */
+export function withDeadline<T, L>(promise: Promise<T>, ms: number, atDeadline: () => L, unref = false): Promise<T | L> {
+  if (ms === Infinity) return promise;
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<L>((resolve) => {
+    timer = setTimeout(() => resolve(atDeadline()), ms);
+    if (unref) timer.unref();
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
 /**
@@ -225,12 +247,12 @@ const MAX_DELAY = 2 ** 31 - 1;
 
 /**
  * Reports `error` as the failure of `task`, inside the async context of the `add()` call that
- * queued it, as a failure of its own run is.
- * @param ended - whether the task has run, for its `durationMs`
+ * queued it, as a failure of its own run is: with its `durationMs` when it started.
+ * @param scope - its response and settings
  * @internal
  */
-export function reportInScope(task: Task, error: unknown, req: Request, res: Response, ended: boolean, settings: Settings): void {
-  task.runInAsyncScope(report, undefined, error, taskInfo(task, req, res, ended), settings);
+export function reportInScope(task: Task, error: unknown, { req, res, settings }: TaskScope): void {
+  task.runInAsyncScope(report, undefined, error, taskInfo(task, req, res, true), settings);
 }
 
 /**
@@ -257,7 +279,7 @@ export function report(error: unknown, info: TaskInfo, settings: Settings): void
 function attemptFailed(task: Task, error: unknown, run: TaskRun, retryable = true): void {
   const delayMs = retryable ? retryDelay(task.retry, task.attempt, error) : undefined;
   if (delayMs === undefined) {
-    reportInScope(task, error, run.req, run.res, true, run.settings);
+    reportInScope(task, error, run);
     return;
   }
   if (debug.enabled) {
@@ -394,6 +416,31 @@ function reportOnErrorFailure(how: 'threw' | 'rejected', onErrorFailure: unknown
     `express-background-tasks: onError ${how} while reporting task ${name}: ${describeError(onErrorFailure)}\n` +
       `  the task's own error: ${describeError(error)}\n`,
   );
+}
+
+/**
+ * Calls `onFulfilled` or `onRejected` once `value` settles, as `await` sees it: a native promise by
+ * its own state (an own `then` or a throwing `constructor` cannot break it), any other thenable
+ * through its `then`, in a later job, once. Never throws and never leaves a rejection unhandled,
+ * provided the callbacks do not throw.
+ * @private
+ */
+async function whenSettled(
+  value: unknown,
+  onFulfilled: (value: unknown) => void,
+  onRejected: (error: unknown) => void,
+): Promise<void> {
+  let outcome: unknown;
+  try {
+    outcome = await value;
+  } catch (error) {
+    // A native promise whose `constructor` getter throws makes `await` throw before it yields:
+    // wait a job, so that no callback runs inside this call.
+    await undefined;
+    onRejected(error);
+    return;
+  }
+  onFulfilled(outcome);
 }
 
 /**

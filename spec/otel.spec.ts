@@ -1,6 +1,7 @@
 // express-background-tasks/otel against the real OpenTelemetry SDK: spans exported in memory, the
 // request's server span and the task's outgoing call made by @opentelemetry/instrumentation-http.
 import assert from 'node:assert/strict';
+import diagnostics from 'node:diagnostics_channel';
 import { afterEach, describe, it } from 'node:test';
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { HttpInstrumentation } from '@opentelemetry/instrumentation-http';
@@ -267,6 +268,50 @@ describe('taskSpans() options', () => {
       name: 'TypeError',
       message: 'Expected `newTrce` to be an option of taskSpans() (did you mean `newTrace`?), got `true` (boolean)',
     });
+  });
+
+  it('subscribes to the tracing channel once, however many times it is called', async () => {
+    taskSpans(); // the first call may subscribe
+    const channels = ['start', 'end', 'asyncStart', 'asyncEnd', 'error'].map((event) => diagnostics.channel(`tracing:express-background-tasks:task:${event}`));
+    let subscribed = 0;
+    const restore = channels.map((channel) => {
+      const { subscribe, unsubscribe } = channel;
+      channel.subscribe = (listener) => {
+        subscribed++;
+        subscribe.call(channel, listener);
+      };
+      channel.unsubscribe = (listener) => {
+        const removed = unsubscribe.call(channel, listener) as unknown;
+        if (removed === true) subscribed--;
+        return removed as ReturnType<typeof unsubscribe>;
+      };
+      return () => Object.assign(channel, { subscribe, unsubscribe });
+    });
+    try {
+      for (let call = 0; call < 1_000; call++) taskSpans();
+      const tasks = backgroundTasks({ around: taskSpans() });
+      await serveOnce(tasks, (add) => add(function audit() {}));
+    } finally {
+      for (const undo of restore) undo();
+    }
+    assert.equal(subscribed, 0, 'subscriptions added by 1,001 more calls');
+    assert.equal(only(await finishedSpans(), (span) => span.name === 'audit').attributes['background_task.outcome'], 'ok');
+  });
+
+  it('ends the span when an around of the app wraps it and hands it a copy of info', async () => {
+    const spans = taskSpans();
+    const tasks = backgroundTasks({ around: (info, run) => spans({ ...info, name: `app.${info.name}` }, run), timeout: 50, onError() {} });
+    await serveOnce(tasks, (add) => {
+      add(function audit() {});
+      add(async function notify() {});
+      add(function resizeImage() {
+        return new Promise(() => {}); // never settles: its span ends at the timeout
+      });
+    });
+    const ended = await finishedSpans();
+    assert.equal(only(ended, (span) => span.name === 'app.audit').attributes['background_task.outcome'], 'ok');
+    assert.equal(only(ended, (span) => span.name === 'app.notify').attributes['background_task.outcome'], 'ok');
+    assert.equal(only(ended, (span) => span.name === 'app.resizeImage').attributes['background_task.outcome'], 'timeout');
   });
 
   it('starts the spans with the tracer given', async () => {

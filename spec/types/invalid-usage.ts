@@ -112,6 +112,8 @@ sendReceipt.taskName = 'other';
 backgroundTasks({ fallback: 'retry' });
 // @ts-expect-error -- a transport has a send() or a run() method
 backgroundTasks({ transport: {} });
+// @ts-expect-error -- a transport that runs tasks declares kind: 'runner'
+backgroundTasks({ transport: { run: async () => {} } });
 // @ts-expect-error -- a transport lists the tasks it takes by name
 backgroundTasks({ transport: [{ run: async () => {}, tasks: [sendReceipt] }] });
 // @ts-expect-error -- piscinaTransport() needs the module of definitions

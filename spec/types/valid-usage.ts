@@ -236,6 +236,7 @@ export async function onThreads(queue: Queue): Promise<readonly string[]> {
   const threads: PiscinaTransport = piscinaTransport(poolOptions);
   const byPath = piscinaTransport({ filename: '/srv/app/dist/tasks.js' });
   const inline: TaskRunner = {
+    kind: 'runner',
     tasks: ['warm-cache'],
     run: async ({ name, args }: HandedOffTask, { signal }: TaskRunOptions) => console.log(name, args, signal.aborted),
   };
