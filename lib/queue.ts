@@ -111,17 +111,19 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       refuseAfterClose(fn, this.#req, this.#res, this.#scheduler.settings);
       return this;
     }
+    // Everything that reads the function or the transport, and so can throw, before it counts.
+    const task = new Task(fn as (...args: never[]) => unknown, captured);
+    const { settings } = this.#scheduler;
+    task.retry = durableName === undefined ? settings.retry : retryOf(fn) ?? settings.retry;
+    const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
+    task.runner = transport?.kind === 'runner' ? transport : undefined;
     this.#scheduler.admit(fn);
     if (this.#pending++ === 0) {
       this.#scheduler.active.add(this);
       if (this.#scheduler.closing) this.closing();
       this.#settledForPlatform = keepPlatformAwake();
     }
-    const task = new Task(fn as (...args: never[]) => unknown, captured);
-    const { settings } = this.#scheduler;
-    task.retry = durableName === undefined ? settings.retry : retryOf(fn) ?? settings.retry;
-    const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
-    if (transport !== undefined && transport.kind !== 'runner') {
+    if (transport !== undefined && task.runner === undefined) {
       if (this.#handOff === undefined) {
         this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
         // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
@@ -129,7 +131,6 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       }
       this.#handOff.add(task);
     } else {
-      task.runner = transport;
       this.#append(task);
       this.#size++;
       if (this.#phase === 'idle') {
