@@ -6,7 +6,7 @@ import { messageOf, ShutdownError } from './errors.js';
 import { HandOff } from './handoff.js';
 import type { Retry, Settings } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
-import { type Abandon, debug, report, reportInScope, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
+import { type Abandon, debug, report, reportInScope, runTask, settleCall, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -426,7 +426,10 @@ function keepPlatformAwake(): (() => void) | undefined {
     const waitUntil = requestContext.get?.()?.waitUntil;
     if (typeof waitUntil !== 'function') return undefined;
     let settled!: () => void;
-    (waitUntil as (promise: Promise<void>) => unknown)(new Promise<void>((resolve) => (settled = resolve)));
+    const tasksSettled = new Promise<void>((resolve) => (settled = resolve));
+    // What it returns is observed too: a rejection of it must not go unhandled.
+    const failed = (error: unknown): void => debug('the platform waitUntil() failed: %s', messageOf(error));
+    void settleCall(() => (waitUntil as (promise: Promise<void>) => unknown)(tasksSettled), () => {}, failed);
     return settled;
   } catch (error) {
     debug('the platform request context failed: %s', messageOf(error));
