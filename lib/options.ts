@@ -84,6 +84,44 @@ export interface BackgroundTasksOptions {
    * @default 'abort'
    */
   readonly stagingFailure?: 'abort' | 'respond' | undefined;
+  /**
+   * How every task of this middleware is retried when it fails: plain functions, and defined tasks
+   * whose `defineTask()` sets no `retry` of its own (wherever they run: here, on threads, or on a
+   * worker). A retried task keeps its place: the tasks queued after it in its response wait for
+   * its final outcome, but while it waits for its next attempt it holds no `concurrency` slot.
+   * `onError` sees only the final failure, with `info.attempt`; a `PermanentError` is not retried.
+   * `timeout` and the `withSignal()` signal apply to each attempt.
+   * @default none: a failed task is reported at once
+   * @example
+   * backgroundTasks({ retry: { attempts: 3, backoff: { type: 'exponential', delay: 1_000 } } })
+   */
+  readonly retry?: RetryOptions | undefined;
+}
+
+/**
+ * How a task is retried, in the shape of BullMQ's job options.
+ * @public
+ */
+export interface RetryOptions {
+  /** How many times the task may run in all, the first run included: `1` means no retry. */
+  readonly attempts: number;
+  /**
+   * How long to wait before each retry. Each wait is a random time between half of its delay and
+   * all of it, so that tasks that failed together do not retry together.
+   * @default { type: 'fixed', delay: 0 }: again at once, after the event loop has turned
+   */
+  readonly backoff?: RetryBackoff | undefined;
+}
+
+/**
+ * The wait before each retry.
+ * @public
+ */
+export interface RetryBackoff {
+  /** `'fixed'`: `delay` before each retry. `'exponential'`: `delay` × 2^(n − 1) before the n-th. */
+  readonly type: 'fixed' | 'exponential';
+  /** Milliseconds, before jitter. */
+  readonly delay: number;
 }
 
 /**
@@ -200,6 +238,8 @@ export interface HandedOffTask {
   readonly name: string;
   /** The arguments given to `tasks.add()`, JSON values only: a copy made at `add()`. */
   readonly args: readonly unknown[];
+  /** How a worker retries it: its definition's `retry`, or the middleware's; left out for none. */
+  readonly retry?: RetryOptions | undefined;
 }
 
 /**
@@ -219,10 +259,18 @@ export interface TaskInfo {
   readonly status: number;
   /** `req.id`, as pino-http and express-request-id set it, when it is a string or a number. */
   readonly requestId: string | undefined;
-  /** Milliseconds from `add()` until the task started (until now, for a task that never started). */
+  /**
+   * Which run of the task this is, or was last, from 1; above 1 only for a task with a `retry`.
+   * A task reported before it ran (abandoned at shutdown, or whose hand-off failed) shows 1.
+   */
+  readonly attempt: number;
+  /**
+   * Milliseconds from `add()` until this attempt started (until now, for a task that never
+   * started), the earlier attempts and the waits between them included.
+   */
   readonly waitMs: number;
   /**
-   * Milliseconds the task ran until it failed, timed out or was abandoned; `undefined` while it runs,
+   * Milliseconds this attempt ran until it failed, timed out or was abandoned; `undefined` while it runs,
    * and for a plain synchronous task that threw (its start is not timed: a clock read costs as much
    * as such a task; its `waitMs` then runs to the throw).
    */
@@ -251,6 +299,16 @@ export interface Settings {
   readonly transportFor: (name: string) => TaskTransport | TaskRunner | undefined;
   readonly fallback: 'none' | 'in-process';
   readonly stagingFailure: 'abort' | 'respond';
+  /** How tasks without a `retry` of their own are retried; `undefined` when they are not. */
+  readonly retry: Retry | undefined;
+}
+
+/**
+ * A `retry` option, checked, with its defaults filled in: what a job carries to a worker.
+ * @internal
+ */
+export interface Retry extends RetryOptions {
+  readonly backoff: RetryBackoff;
 }
 
 /**
@@ -273,6 +331,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     transport,
     fallback = 'none',
     stagingFailure = 'abort',
+    retry,
   } = options;
   if (typeof onError !== 'function') {
     throw new TypeError(invalid('onError', 'a function', onError));
@@ -301,6 +360,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     ...checkStaging(transports.transport?.staging),
     fallback,
     stagingFailure,
+    retry: checkRetry(retry, 'retry'),
   };
 }
 
@@ -315,16 +375,17 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
  * @param options - the options as given
  * @param known - the options it reads
  * @param example - options to show in the message, e.g. `{ server, timeout: 10_000 }`
+ * @param name - what the options are called in messages: `options`, or a nested option's path
  * @throws {TypeError} when `options` is not an object or is a built-in one; naming the first
  *   unknown key and the option it most likely misspells, or listing the options when none is close
  * @internal
  */
-export function checkOptions(owner: string, options: unknown, known: readonly string[], example: string): asserts options is object {
+export function checkOptions(owner: string, options: unknown, known: readonly string[], example: string, name = 'options'): asserts options is object {
   if (options === null || typeof options !== 'object') {
-    throw new TypeError(invalid('options', `an object such as ${example}`, options));
+    throw new TypeError(invalid(name, `an object such as ${example}`, options));
   }
   if (Object.prototype.toString.call(options) !== '[object Object]') {
-    throw new TypeError(invalid('options', `a plain object such as ${example}, not an array, a Map or another built-in object`, options));
+    throw new TypeError(invalid(name, `a plain object such as ${example}, not an array, a Map or another built-in object`, options));
   }
   for (let level: object | null = options; level !== null; level = Object.getPrototypeOf(level) as object | null) {
     const inherited = level !== options;
@@ -332,8 +393,9 @@ export function checkOptions(owner: string, options: unknown, known: readonly st
       if (known.includes(key) || (inherited && OBJECT_KEYS.has(key))) continue;
       const meant = closest(key, known);
       const hint = meant === undefined ? known.join(', ') : `did you mean \`${meant}\`?`;
-      const where = inherited ? '; inherited from the prototype of `options`' : '';
-      throw new TypeError(invalid(key, `an option of ${owner} (${hint}${where})`, (options as Record<string, unknown>)[key]));
+      const where = inherited ? `; inherited from the prototype of \`${name}\`` : '';
+      const label = name === 'options' ? key : `${name}.${key}`;
+      throw new TypeError(invalid(label, `an option of ${owner} (${hint}${where})`, (options as Record<string, unknown>)[key]));
     }
   }
 }
@@ -352,6 +414,7 @@ const OPTION_NAMES = Object.keys({
   transport: true,
   fallback: true,
   stagingFailure: true,
+  retry: true,
 } satisfies Record<keyof BackgroundTasksOptions, true>);
 
 /** setTimeout() treats any longer delay as 1 ms. */
@@ -378,6 +441,45 @@ export function checkTimeout(value: unknown, infinityAllowed: boolean, name = 't
   }
   return value;
 }
+
+/**
+ * Validates a `retry` option: of the middleware, of a defined task, or of a task in a job.
+ * @param value - the option's value
+ * @param name - where it was given, for the messages: `retry`, `options.retry`
+ * @return it with its defaults filled in, frozen; `undefined` when it is
+ * @throws {TypeError} when it is not an object `{ attempts, backoff }`, has an unknown key, or a
+ *   value of the wrong type
+ * @throws {RangeError} when `attempts` is not a whole number from 1 to 100, or the delay is not a
+ *   number of milliseconds from 0 to 2^31 − 1
+ * @internal
+ */
+export function checkRetry(value: unknown, name: string): Retry | undefined {
+  if (value === undefined) return undefined;
+  const example = "{ attempts: 3, backoff: { type: 'exponential', delay: 1_000 } }";
+  checkOptions(`\`${name}\``, value, ['attempts', 'backoff'], example, name);
+  const { attempts, backoff = { type: 'fixed', delay: 0 } } = value as Partial<RetryOptions>;
+  if (typeof attempts !== 'number') {
+    throw new TypeError(invalid(`${name}.attempts`, 'a number of runs in all, the first included, such as 3', attempts));
+  }
+  if (!Number.isInteger(attempts) || attempts < 1 || attempts > MAX_ATTEMPTS) {
+    throw new RangeError(invalid(`${name}.attempts`, `a whole number of runs from 1 (no retry) to ${MAX_ATTEMPTS}`, attempts));
+  }
+  checkOptions(`\`${name}.backoff\``, backoff, ['type', 'delay'], "{ type: 'exponential', delay: 1_000 }", `${name}.backoff`);
+  const { type, delay } = backoff as Partial<RetryBackoff>;
+  if (type !== 'fixed' && type !== 'exponential') {
+    throw new TypeError(invalid(`${name}.backoff.type`, "'fixed' or 'exponential'", type));
+  }
+  if (typeof delay !== 'number') {
+    throw new TypeError(invalid(`${name}.backoff.delay`, 'a number of milliseconds', delay));
+  }
+  if (!(delay >= 0 && delay <= MAX_TIMEOUT)) {
+    throw new RangeError(invalid(`${name}.backoff.delay`, `a number of milliseconds from 0 to ${MAX_TIMEOUT}`, delay));
+  }
+  return Object.freeze({ attempts, backoff: Object.freeze({ type, delay }) });
+}
+
+/** The most runs a `retry` allows: enough for any backoff, few enough that a typo cannot pin a queue for days. */
+const MAX_ATTEMPTS = 100;
 
 /**
  * @param staging - a transport's `staging`

@@ -154,6 +154,7 @@ function startAttributes(info: TaskInfo): Record<string, string | number> {
   const attributes: Record<string, string | number> = {
     'background_task.name': info.name,
     'background_task.wait_ms': info.waitMs,
+    'background_task.attempt': info.attempt,
   };
   if (info.requestId !== undefined) attributes['background_task.request_id'] = info.requestId;
   return attributes;

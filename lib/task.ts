@@ -3,8 +3,8 @@ import diagnostics from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import createDebug from 'debug';
 import type { Request, Response } from 'express';
-import { describeError, TimeoutError } from './errors.js';
-import type { HandedOffTask, Settings, TaskInfo, TaskRunner } from './options.js';
+import { describeError, isPermanent, TimeoutError } from './errors.js';
+import type { HandedOffTask, Retry, RetryBackoff, Settings, TaskInfo, TaskRunner } from './options.js';
 import { signalTaker } from './signal.js';
 
 /**
@@ -54,6 +54,10 @@ export class Task extends AsyncResource {
   controller: AbortController | undefined = undefined;
   /** The transport that runs this defined task instead of this process. */
   runner: TaskRunner | undefined = undefined;
+  /** How it is retried: its definition's `retry`, or the middleware's. */
+  retry: Retry | undefined = undefined;
+  /** Which run this is, or was last, from 1. */
+  attempt = 1;
   /** The function a task made by `withSignal()` wraps, looked up once. */
   readonly takesSignal: ((signal: AbortSignal, ...args: unknown[]) => unknown) | undefined;
 
@@ -93,6 +97,11 @@ export interface TaskRun extends TaskScope {
   readonly debugging: boolean;
   /** Called once a task that returned a promise has settled, timed out or been abandoned. */
   readonly settled: () => void;
+  /**
+   * Called when a failed attempt is to be retried, instead of the report, and before `settled`
+   * for a task that returned a promise: the queue runs the task again after `delayMs`.
+   */
+  readonly retry: (task: Task, delayMs: number) => void;
 }
 
 /**
@@ -133,7 +142,7 @@ export function runTask(task: Task, run: TaskRun): Abandon | undefined {
     }
     if (task.startedAt === 0) task.startedAt = performance.now();
   } catch (error) {
-    reportInScope(task, error, run);
+    attemptFailed(task, error, run);
     return undefined;
   }
   return awaitTask(task, result, run, context);
@@ -194,6 +203,7 @@ export function taskInfo(task: Task, req: Request, res: Response, ended: boolean
     url: String(read(req, 'originalUrl')),
     status: Number(read(res, 'statusCode')),
     requestId: requestIdOf(req),
+    attempt: task.attempt,
     waitMs: startedAt - task.queuedAt,
     durationMs: ended && task.startedAt !== 0 ? now - task.startedAt : undefined,
   };
@@ -204,9 +214,36 @@ export function taskInfo(task: Task, req: Request, res: Response, ended: boolean
  * @internal
  */
 export function handedOff(task: Task): HandedOffTask {
+  const { retry } = task;
   // A defined task's function is named after it.
-  return { name: task.fn.name, args: task.args };
+  return retry === undefined ? { name: task.fn.name, args: task.args } : { name: task.fn.name, args: task.args, retry };
 }
+
+/**
+ * @param attempt - the attempt that failed, from 1
+ * @param error - what it failed with
+ * @return milliseconds to wait before the next attempt, or `undefined` when there is none: no
+ *   `retry`, the attempts are spent, or the error is a `PermanentError`
+ * @internal
+ */
+export function retryDelay(retry: Retry | undefined, attempt: number, error: unknown): number | undefined {
+  if (retry === undefined || attempt >= retry.attempts || isPermanent(error)) return undefined;
+  return backoffDelay(retry.backoff, attempt);
+}
+
+/**
+ * The wait after the `attempt`-th run failed: the backoff's delay (doubled after each attempt when
+ * exponential), jittered to a random time between half of it and all of it, so that tasks that
+ * failed together spread their retries; at most what `setTimeout()` takes.
+ * @internal
+ */
+export function backoffDelay({ type, delay }: RetryBackoff, attempt: number): number {
+  const full = type === 'fixed' ? delay : delay * 2 ** (attempt - 1);
+  return Math.min(MAX_DELAY, Math.round(full / 2 + (Math.random() * full) / 2));
+}
+
+/** setTimeout() treats any longer delay as 1 ms. */
+const MAX_DELAY = 2 ** 31 - 1;
 
 /**
  * Reports `error` as the failure of `task`, inside the async context of the `add()` call that
@@ -224,13 +261,33 @@ export function reportInScope(task: Task, error: unknown, { req, res, settings }
  * @internal
  */
 export function report(error: unknown, info: TaskInfo, settings: Settings): void {
-  if (debug.enabled) debug('failed %s%s: %s', info.name, describeRequest(info), describeError(error));
+  if (debug.enabled) debug('failed %s%s%s: %s', info.name, describeRequest(info), info.attempt > 1 ? ` at attempt ${info.attempt}` : '', describeError(error));
   try {
     const returned = settings.onError(error, info);
     if (isThenable(returned)) void whenSettled(returned, ignore, (rejection) => reportOnErrorFailure('rejected', rejection, error, info.name));
   } catch (onErrorFailure) {
     reportOnErrorFailure('threw', onErrorFailure, error, info.name);
   }
+}
+
+/**
+ * A run of `task` failed with `error`: has the queue run it again after its backoff, when it is
+ * `retryable` and its `retry` allows another attempt, or else reports the error (from inside the
+ * task's async context).
+ * @private
+ */
+function attemptFailed(task: Task, error: unknown, run: TaskRun, retryable = true): void {
+  const delayMs = retryable ? retryDelay(task.retry, task.attempt, error) : undefined;
+  if (delayMs === undefined) {
+    reportInScope(task, error, run);
+    return;
+  }
+  if (debug.enabled) {
+    const { attempts } = task.retry as Retry;
+    debug('failed %s, attempt %d of %d, retrying in %d ms: %s', taskName(task.fn), task.attempt, attempts, delayMs, describeError(error));
+  }
+  task.startedAt = 0; // the next attempt's start is stamped anew
+  run.retry(task, delayMs);
 }
 
 /**
@@ -244,7 +301,8 @@ function callTask(task: Task, run: TaskRun, context: TaskTraceContext): unknown 
     const { runner } = task;
     if (runner !== undefined) {
       task.controller = new AbortController();
-      return runner.run(handedOff(task), { signal: task.controller.signal });
+      // Without its `retry`: the queue retries a runner's tasks.
+      return runner.run({ name: task.fn.name, args: task.args }, { signal: task.controller.signal });
     }
     const { takesSignal } = task;
     if (takesSignal === undefined) return (task.fn as (...args: unknown[]) => unknown)(...task.args);
@@ -292,9 +350,9 @@ function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, cont
   const abandon = (error: Error): void => {
     if (done) return;
     task.controller?.abort(error); // before the report: the task learns it first
-    finish(true, error);
+    finish(true, error, error instanceof TimeoutError); // a task given up on at shutdown is not retried
   };
-  const finish = (failed: boolean, outcome: unknown): void => {
+  const finish = (failed: boolean, outcome: unknown, retryable = true): void => {
     if (done) {
       debug('%s settled after it was given up on', taskName(task.fn));
       return;
@@ -313,7 +371,7 @@ function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, cont
         taskTracing.asyncStart.publish(context);
         taskTracing.asyncEnd.publish(context);
       }
-      if (failed) report(outcome, taskInfo(task, run.req, run.res, true), settings);
+      if (failed) attemptFailed(task, outcome, run, retryable);
       else if (run.debugging) finished(task);
     });
     run.settled();
@@ -376,6 +434,9 @@ async function whenSettled(
   try {
     outcome = await value;
   } catch (error) {
+    // A native promise whose `constructor` getter throws makes `await` throw before it yields:
+    // wait a job, so that no callback runs inside this call.
+    await undefined;
     onRejected(error);
     return;
   }
@@ -404,7 +465,8 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
  */
 function started(task: Task, run: TaskRun): void {
   const info = taskInfo(task, run.req, run.res, false);
-  debug('started %s%s, after %sms in the queue', info.name, describeRequest(info), info.waitMs.toFixed(1));
+  const attempt = info.attempt === 1 ? '' : `, attempt ${info.attempt} of ${(task.retry as Retry).attempts}`;
+  debug('started %s%s, after %sms in the queue%s', info.name, describeRequest(info), info.waitMs.toFixed(1), attempt);
 }
 
 /**

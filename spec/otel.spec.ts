@@ -77,7 +77,7 @@ for (const [label, createApp] of expressVersions) {
         assert.deepEqual(span.status, { code: SpanStatusCode.UNSET });
         assert.deepEqual(span.events, []);
         const { 'background_task.wait_ms': waitMs, 'background_task.duration_ms': durationMs, ...rest } = span.attributes;
-        assert.deepEqual(rest, { 'background_task.name': name, 'background_task.request_id': 'req-7', 'background_task.outcome': 'ok' });
+        assert.deepEqual(rest, { 'background_task.name': name, 'background_task.attempt': 1, 'background_task.request_id': 'req-7', 'background_task.outcome': 'ok' });
         assert.ok(typeof waitMs === 'number' && waitMs >= 0, `wait_ms ${String(waitMs)}`);
         assert.ok(typeof durationMs === 'number' && durationMs >= 0, `duration_ms ${String(durationMs)}`);
       }
@@ -116,6 +116,18 @@ describe('task spans of failing tasks', () => {
       assert.match(String(exception?.attributes?.['exception.stacktrace']), new RegExp(`^${type}: ${message}\\n\\s+at (Task\\.)?${name} `));
     }
     assert.equal(only(spans, (span) => span.name === 'afterThem').attributes['background_task.outcome'], 'ok');
+  });
+
+  it('gives each attempt of a retried task a span of its own, with its background_task.attempt', async () => {
+    const tasks = backgroundTasks({ around: taskSpans(), retry: { attempts: 2 }, onError() {} });
+    let runs = 0;
+    await serveOnce(tasks, (add) => {
+      add(async function syncCrm() {
+        if (++runs === 1) throw new Error('crm down');
+      });
+    });
+    const spans = (await finishedSpans()).filter((span) => span.name === 'syncCrm');
+    assert.deepEqual(spans.map((span) => [span.attributes['background_task.attempt'], span.attributes['background_task.outcome']]), [[1, 'error'], [2, 'ok']]);
   });
 
   it('ends the span of a task that hangs at its timeout, with outcome timeout and a TimeoutError', async () => {

@@ -40,7 +40,7 @@ describe('bad input is refused at once', () => {
     [{ timout: 100 }, TypeError, 'Expected `timout` to be an option of backgroundTasks() (did you mean `timeout`?), got `100` (number)'],
     [{ maxpending: 10 }, TypeError, 'Expected `maxpending` to be an option of backgroundTasks() (did you mean `maxPending`?), got `10` (number)'],
     [{ on_error: 'log' }, TypeError, 'Expected `on_error` to be an option of backgroundTasks() (did you mean `onError`?), got `log` (string)'],
-    [{ retries: 3 }, TypeError, 'Expected `retries` to be an option of backgroundTasks() (onError, around, timeout, concurrency, maxPending, runOn, transport, fallback, stagingFailure), got `3` (number)'],
+    [{ retries: 3 }, TypeError, 'Expected `retries` to be an option of backgroundTasks() (onError, around, timeout, concurrency, maxPending, runOn, transport, fallback, stagingFailure, retry), got `3` (number)'],
     [{ around: 'span' }, TypeError, 'Expected `around` to be a function (info, run) => run(), got `span` (string)'],
     [{ stagingFailure: 'retry' }, TypeError, "Expected `stagingFailure` to be 'abort' or 'respond', got `retry` (string)"],
     [{ transport: { send() {}, staging: { timeout: 10, stage() {} } } }, TypeError, 'Expected `transport.staging` to be an object with stage(), release() and discard() methods and a timeout, got `{ timeout: 10, stage: [Function: stage] }` (object)'],

@@ -152,3 +152,13 @@ backgroundTasks({ around: 'span' });
 taskSpans({ newTrace: 'long' });
 // @ts-expect-error -- a tracer, not a tracer's name
 taskSpans({ tracer: 'shop' });
+// @ts-expect-error -- `retry.attempts` is a number
+backgroundTasks({ retry: { attempts: '3' } });
+// @ts-expect-error -- `retry` needs `attempts`
+backgroundTasks({ retry: { backoff: { type: 'fixed', delay: 100 } } });
+// @ts-expect-error -- the backoff is 'fixed' or 'exponential'
+backgroundTasks({ retry: { attempts: 3, backoff: { type: 'linear', delay: 100 } } });
+// @ts-expect-error -- the backoff is an object: { type: 'fixed', delay: 1_000 }
+backgroundTasks({ retry: { attempts: 3, backoff: 1_000 } });
+// @ts-expect-error -- a misspelled option of defineTask() (also refused at run time, naming `retry`)
+defineTask('ping', () => {}, { retrys: { attempts: 3 } });
