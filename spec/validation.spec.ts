@@ -73,6 +73,8 @@ describe('bad input is refused at once', () => {
     [{ timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, or Infinity, got `0` (number)'],
     [{ timout: 5000 }, TypeError, 'Expected `timout` to be an option of close() (did you mean `timeout`?), got `5000` (number)'],
     [{ server: 3000 }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `3000` (number)'],
+    [{ server: { close() {} } }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `{ close: [Function: close] }` (object)'],
+    [{ server: { close() {}, listening: true } }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `{ close: [Function: close], listening: true }` (object)'],
   ];
   for (const [options, ErrorClass, message] of invalidCloseOptions) {
     it(`close(${JSON.stringify(options)}) throws a ${ErrorClass.name} at once, and does not start closing`, () => {
@@ -81,6 +83,17 @@ describe('bad input is refused at once', () => {
         assert.ok(error instanceof ErrorClass, `a ${ErrorClass.name}`);
         assert.equal(error.message, message);
         return true;
+      });
+    });
+  }
+
+  for (const [label, createApp] of expressVersions) {
+    it(`${label}: close({ server: app }), the app instead of its server, throws a short TypeError saying what to pass`, () => {
+      const middleware = backgroundTasks();
+      const app = createApp();
+      assert.throws(() => middleware.close({ server: app as unknown as CloseOptions['server'] }), {
+        name: 'TypeError',
+        message: 'Expected `server` to be the http.Server that app.listen() returned, got the Express app (function): pass const server = app.listen(port)',
       });
     });
   }
