@@ -67,7 +67,7 @@ async function handlersOf(id: string): Promise<RequestHandler[]> {
         next();
       }];
     case 'retry':
-      return [mounted({ retry: { attempts: 3, backoff: { type: 'exponential', delay: 100 } } } as never), adding(noop)];
+      return [mounted({ retry: { attempts: 3, backoff: { type: 'exponential', delay: 100 } } }), adding(noop)];
     case 'definedInProcess':
       return [mounted(), adding(definedNoop)];
     case 'staged': {
