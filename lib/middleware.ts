@@ -20,20 +20,19 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
   /** Tasks queued or running, across all responses served by this middleware. */
   readonly pending: number;
   /**
-   * Shuts down for a process about to exit: with `server`, closes it, each keep-alive connection as
-   * soon as its last response has been flushed; pending tasks, and those the requests in
-   * flight add, run until `timeout`; the rest are reported to `onError` as `ShutdownError`s (their
-   * signals aborted, those on a thread pool stopped). Then it closes the transports that run tasks
-   * (their threads). Tasks added after it resolved are reported, not run. Call it beside
-   * `server.close()`; calling it again returns the same promise.
-   * @param options - `{ timeout }`, in ms (default 10000)
+   * Shuts down for a process about to exit: with `server`, it closes the server, each keep-alive
+   * connection as soon as its last response has been flushed, and waits for the requests in flight; pending tasks, and those those requests add, run until
+   * `timeout`; the rest are reported to `onError` as `ShutdownError`s (their signals aborted, those
+   * on a thread pool stopped). Then it closes the transports that run tasks (their threads). Tasks
+   * added after it resolved are reported, not run. Calling it again returns the same promise.
+   * @param options - `server`: the HTTP server to close with the tasks (without it, close the
+   *   server yourself first); `timeout`: ms for it all (default 10000)
    * @return what became of the pending tasks
    * @throws {TypeError|RangeError} for an invalid `timeout`; a TypeError for options that are not
    *   a plain object, an unknown option (inherited ones too), or a `server` that is not one
    * @example
    * process.once('SIGTERM', async () => {
-   *   server.close();
-   *   const { abandoned } = await tasks.close({ timeout: 10_000 });
+   *   const { abandoned } = await tasks.close({ server, timeout: 10_000 });
    *   process.exit(abandoned === 0 ? 0 : 1);
    * });
    */

@@ -131,6 +131,7 @@ export function piscinaTransport(options: PiscinaTransportOptions): PiscinaTrans
   ready.catch((error: unknown) => debug('piscina: %s', describeError(error)));
 
   return {
+    kind: 'runner',
     tasks: names,
     ready,
     pool,
