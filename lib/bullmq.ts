@@ -299,6 +299,7 @@ function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOption
     // Whatever a stand-in queue throws or resolves with ends as these stagings' failure.
     Promise.resolve()
       .then(() => queue.addBulk(jobs))
+      .then((stored) => staged.map((_later, index) => stored[index]))
       .then(
         (stored) => staged.forEach((later, index) => later.resolve(stored[index])),
         (error: unknown) => staged.forEach((later) => later.reject(error)),

@@ -1,6 +1,6 @@
 import type { Request, Response } from 'express';
 import { HandOffError, messageOf } from './errors.js';
-import { type Hold, holdResponse } from './lifecycle.js';
+import type { Hold } from './lifecycle.js';
 import type { Settings, TaskStaging, TaskTransport } from './options.js';
 import { debug, handedOff, reportInScope, settleCall, type Task, taskName } from './task.js';
 
@@ -36,12 +36,15 @@ export class HandOff {
   #receipt: unknown = undefined;
   /** What to do with the staged tasks once stored: decided by the flush (or `runOn`) before they were. */
   #thenStaged: 'release' | 'discard' | undefined = undefined;
-  /** The response held back from its first byte until the staging settles. */
-  #hold: Hold | undefined = undefined;
+  /** The response's hold, with a two-phase transport. */
+  readonly #hold: Hold | undefined;
+  /** Whether the response is held back from its first byte until the staging settles. */
+  #holding = false;
   /** Whether the response has been flushed and accepted: tasks queued from now on are sent, after any staging. */
   #sending = false;
 
-  constructor(settings: Settings, req: Request, res: Response, settle: (count: number) => void, runHere: (tasks: Task[]) => void) {
+  constructor(settings: Settings, req: Request, res: Response, hold: Hold | undefined, settle: (count: number) => void, runHere: (tasks: Task[]) => void) {
+    this.#hold = hold;
     this.#settings = settings;
     this.#req = req;
     this.#res = res;
@@ -61,10 +64,9 @@ export class HandOff {
    */
   add(task: Task): void {
     if (this.#queued.push(task) === 1 && this.#sending) setImmediate(() => this.#send());
-    const res = this.#res;
-    if (this.#settings.staging === undefined || this.#hold !== undefined || this.#staging !== 'none' || this.#sending) return;
-    if (res.headersSent || res.writableEnded || res.destroyed) return; // too late to hold: sent after the flush
-    this.#hold = holdResponse(this.#req, res, () => this.#stage());
+    // Once the response has started, too late to hold it: sent after the flush.
+    if (this.#hold === undefined || this.#holding || this.#staging !== 'none' || this.#sending) return;
+    this.#holding = this.#hold.begin(() => this.#stage());
   }
 
   /**
@@ -161,7 +163,7 @@ export class HandOff {
       this.#settle(tasks.length);
       return;
     }
-    const aborted = this.#hold !== undefined && this.#settings.stagingFailure === 'abort';
+    const aborted = this.#holding && this.#settings.stagingFailure === 'abort';
     this.#letEndThrough(!aborted);
     this.#failed(tasks, cause, aborted);
     // Then the tasks queued since: should their send fail too, they fall back behind these.
@@ -246,9 +248,9 @@ export class HandOff {
 
   /** Stops holding the response back: sends what it wrote, or aborts it. */
   #letEndThrough(send: boolean): void {
-    const hold = this.#hold;
-    this.#hold = undefined;
-    hold?.release(send);
+    if (!this.#holding) return;
+    this.#holding = false;
+    this.#hold?.release(send);
   }
 }
 

@@ -10,11 +10,18 @@ import { debug } from './task.js';
  */
 
 /**
- * A response held back from its first byte: what its handler writes waits, in order, until
- * `release()`.
+ * A response that can be held back from its first byte: once `begin()` was called, what its
+ * handler writes waits, in order, until `release()`.
  * @internal
  */
 export interface Hold {
+  /**
+   * Holds the response back from now on, unless it has started already.
+   * @param starting - called at its first `write()`, `end()` or `flushHeaders()`, once the headers
+   *   are fixed: the response's tasks are to be stored now
+   * @return whether it is held
+   */
+  begin(starting: () => void): boolean;
   /**
    * Stops holding: writes what the handler wrote meanwhile, as it wrote it, or, when `send` is
    * false, destroys the response, so that its client receives none of it.
@@ -23,27 +30,27 @@ export interface Hold {
 }
 
 /**
- * Holds `res` back from its first byte. Its `write()`, `end()` and `flushHeaders()` are kept, in
- * order, until `release()`, at the level of the response, as compression keeps them: Node's and
+ * Makes `res` one that can be held back from its first byte. Call it as the middleware runs, so
+ * that the wrappers other middleware mounted later put on `res.end` (a session store saving first,
+ * say) run before this one, as they would before Node's. Once held, the response's `write()`,
+ * `end()` and `flushHeaders()` are kept, in order, until `release()`, as compression keeps them: Node's and
  * Express's state stays truthful. The headers are fixed at the first of them, as Node fixes them
  * (`headersSent` is then true), but none of its bytes reach the connection, and `end()` is not
  * called yet, so Node does not count the response as finished and `server.close()` does not close
  * its connection as idle. A `destroy()` of its connection without an error (Express's final
  * handler, after an error thrown once the response was ended) waits until what was held has been
  * written, as it would have been written before.
- * @param starting - called at the first `write()`, `end()` or `flushHeaders()`, once the headers
- *   are fixed: the response's tasks are to be stored now
  * @internal
  */
-export function holdResponse(req: Request, res: Response, starting: () => void): Hold {
+export function holdResponse(req: Request, res: Response): Hold {
   const inner = { write: res.write, end: res.end, flushHeaders: res.flushHeaders };
-  const own = { write: Object.hasOwn(res, 'write'), end: Object.hasOwn(res, 'end'), flushHeaders: Object.hasOwn(res, 'flushHeaders') };
   const held: [keyof typeof inner, unknown[]][] = [];
-  let holding = true;
+  let holding = false;
+  let started = false; // a byte, or the headers, went through before it was held
+  let starting: () => void = () => {};
   let heldBytes = 0;
   let refusedWrite = false;
   const connection = req.httpVersionMajor === 1 ? (req.socket as Socket | null) : null; // HTTP/2 shields its socket
-  if (connection !== null) deferDestroy(connection);
 
   const keep = (method: keyof typeof inner, args: unknown[], fromEnd: boolean): void => {
     if (!res.headersSent) fixHeaders(req, res, args, fromEnd);
@@ -52,7 +59,10 @@ export function holdResponse(req: Request, res: Response, starting: () => void):
     if (first) starting();
   };
   const write = function (this: Response, ...args: unknown[]): boolean {
-    if (!holding) return (inner.write as (...args: unknown[]) => boolean).apply(this, args);
+    if (!holding) {
+      started = true;
+      return (inner.write as (...args: unknown[]) => boolean).apply(this, args);
+    }
     checkChunk(args[0], false);
     keep('write', args, false);
     heldBytes += byteLength(args[0], args[1]);
@@ -61,13 +71,19 @@ export function holdResponse(req: Request, res: Response, starting: () => void):
     return false;
   };
   const end = function (this: Response, ...args: unknown[]): Response {
-    if (!holding) return (inner.end as (...args: unknown[]) => Response).apply(this, args);
+    if (!holding) {
+      started = true;
+      return (inner.end as (...args: unknown[]) => Response).apply(this, args);
+    }
     checkChunk(args[0], true);
     keep('end', args, true);
     return this;
   };
   const flushHeaders = function (this: Response): void {
-    if (!holding) return inner.flushHeaders.call(this);
+    if (!holding) {
+      started = true;
+      return inner.flushHeaders.call(this);
+    }
     keep('flushHeaders', [], false);
   };
   res.write = write as Response['write'];
@@ -75,15 +91,17 @@ export function holdResponse(req: Request, res: Response, starting: () => void):
   res.flushHeaders = flushHeaders;
 
   return {
+    begin(onStart: () => void): boolean {
+      if (holding || started || res.headersSent || res.destroyed) return false;
+      holding = true;
+      starting = onStart;
+      if (connection !== null) deferDestroy(connection);
+      return true;
+    },
     release(send: boolean): void {
       if (!holding) return;
-      holding = false;
-      // Put back what was there, unless another wrapper went on top of these since: they pass through.
-      for (const [method, wrapper] of [['write', write], ['end', end], ['flushHeaders', flushHeaders]] as const) {
-        if (res[method] !== wrapper) continue;
-        if (own[method]) Object.defineProperty(res, method, { value: inner[method], writable: true, configurable: true, enumerable: true });
-        else Reflect.deleteProperty(res, method);
-      }
+      holding = false; // the wrappers stay, passing through: others may have wrapped them since
+      started = true;
       if (!send) {
         if (!abortConnection(connection)) res.destroy();
         return;

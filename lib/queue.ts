@@ -2,7 +2,7 @@ import type { Request, Response } from 'express';
 import { captureJsonArgs, checkTaskFunction, definedName, retryOf } from './definition.js';
 import { messageOf, ShutdownError } from './errors.js';
 import { HandOff } from './handoff.js';
-import { type EndListener, statusIsFinal, watchEnd, whenFlushed } from './lifecycle.js';
+import { type EndListener, type Hold, holdResponse, statusIsFinal, watchEnd, whenFlushed } from './lifecycle.js';
 import type { Retry, Settings } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
 import { type Abandon, debug, report, reportInScope, runTask, settleCall, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
@@ -68,6 +68,8 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
   #lastOfTurn: Task | undefined = undefined;
   /** Whether the async task now running is the last of its turn. */
   #turnEnding = false;
+  /** With a two-phase transport, what holds the response back from its first byte. */
+  readonly #hold: Hold | undefined = undefined;
   /** The defined tasks on their way to the transport; made by the first. */
   #handOff: HandOff | undefined = undefined;
   #onSettled: (() => void) | undefined = undefined;
@@ -89,6 +91,8 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     this.#scheduler = scheduler;
     this.#req = req;
     this.#res = res;
+    // Before the middleware mounted later wraps res.end: this response may be held for a staging.
+    if (scheduler.settings.staging !== undefined) this.#hold = holdResponse(req, res);
   }
 
   get size(): number {
@@ -120,7 +124,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       this.#settledForPlatform = keepPlatformAwake();
     }
     if (transport !== undefined && task.runner === undefined) {
-      this.#handOff ??= new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
+      this.#handOff ??= new HandOff(settings, this.#req, this.#res, this.#hold, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
       this.#handOff.add(task);
     } else {
       this.#append(task);
