@@ -49,7 +49,7 @@ const deleteUpload = defineTask('deleteUpload', (file: string) => {
 });
 
 // With --bullmq: a Redis, the web side's queue, and a worker (in this process for the demo; in
-// production, a process of its own on any machine: see docs/scaling-out.md).
+// production, a process of its own on any machine: see docs/bullmq.md).
 
 const redis = useBullmq ? await startRedis() : undefined;
 const connection = { host: redis?.host ?? '', port: redis?.port ?? 0 };

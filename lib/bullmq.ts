@@ -135,6 +135,7 @@ export function bullmqTransport(options: BullmqTransportOptions): TaskTransport 
   }
 
   const transport: TaskTransport = {
+    kind: 'job-queue',
     send(tasks: readonly HandedOffTask[]): Promise<unknown> {
       const refused = refuseLongJob(tasks);
       if (refused !== undefined) return refused;

@@ -1,4 +1,5 @@
 import { invalid } from './errors.js';
+import { checkOptions, checkRetry, type Retry, type RetryOptions } from './options.js';
 import { keepSignalTaker } from './signal.js';
 
 /**
@@ -10,6 +11,22 @@ export interface DefinedTask<A extends unknown[] = never, R = unknown> {
   (this: void, ...args: A): R;
   /** The name given to `defineTask()`: what a job stores and a worker looks up. */
   readonly taskName: string;
+}
+
+/**
+ * Options of `defineTask()`.
+ * @public
+ */
+export interface DefineTaskOptions {
+  /**
+   * How this task is retried when it fails, wherever it runs (in this process, on the thread pool,
+   * on a worker); it replaces the middleware's `retry` for this task. `{ attempts: 1 }` turns
+   * retries off for it.
+   * @default the middleware's `retry`
+   * @example
+   * defineTask('sendWebhook', send, { retry: { attempts: 5, backoff: { type: 'exponential', delay: 500 } } })
+   */
+  readonly retry?: RetryOptions | undefined;
 }
 
 /**
@@ -64,6 +81,9 @@ type JsonOnlyOrMissing<T> = T extends undefined ? T : JsonOnly<T>;
  */
 const TASK_NAME = Symbol.for('express-background-tasks.taskName');
 
+/** Where a defined task keeps its own `retry`, checked. */
+const RETRY = Symbol.for('express-background-tasks.retry');
+
 /**
  * Names a task so that it can leave the process: with a `transport` configured, `tasks.add()` hands
  * it off (a BullMQ job, say) for a worker holding the same definition to run. Without one it runs
@@ -73,20 +93,28 @@ const TASK_NAME = Symbol.for('express-background-tasks.taskName');
  * the values.
  * @param name - unique among the tasks a worker runs; keep it stable across deploys
  * @param fn - the task, sync or async; called with `this` undefined
+ * @param options - `{ retry }`: how the task is retried, in place of the middleware's `retry`
  * @return a function that calls `fn`, named `name`
- * @throws {TypeError} when `name` is not a non-empty string, or `fn` is not a function or is a
- *   generator function
+ * @throws {TypeError} when `name` is not a non-empty string, `fn` is not a function or is a
+ *   generator function, or `options` is not `{ retry }` with a valid `retry`
+ * @throws {RangeError} when `retry.attempts` or `retry.backoff.delay` is out of range
  * @example
  * export const sendConfirmationEmail = defineTask('sendConfirmationEmail', async (id: string) => {
  *   await mailer.send(id);
  * });
  * @public
  */
-export function defineTask<A extends unknown[] & JsonOnlyObject<A>, R>(name: string, fn: (this: void, ...args: A) => R): DefinedTask<A, R> {
+export function defineTask<A extends unknown[] & JsonOnlyObject<A>, R>(
+  name: string,
+  fn: (this: void, ...args: A) => R,
+  options?: DefineTaskOptions,
+): DefinedTask<A, R> {
   if (typeof name !== 'string' || name === '') {
     throw new TypeError(invalid('name', 'a non-empty string', name));
   }
   checkTaskFunction(fn);
+  if (options !== undefined) checkOptions('defineTask()', options, ['retry'], "{ retry: { attempts: 3 } }");
+  const retry = checkRetry(options?.retry, 'retry');
   const task = (...args: A): R => fn(...args);
   keepSignalTaker(task, fn);
   // Not configurable: the name a job stores is `task.name`, so it must stay the defined name.
@@ -94,7 +122,16 @@ export function defineTask<A extends unknown[] & JsonOnlyObject<A>, R>(name: str
     name: { value: name, configurable: false },
     taskName: { value: name, enumerable: true },
     [TASK_NAME]: { value: name },
+    [RETRY]: { value: retry },
   }) as DefinedTask<A, R>;
+}
+
+/**
+ * @return the `retry` a defined task was given, or `undefined` (as for any other function)
+ * @internal
+ */
+export function retryOf(fn: object): Retry | undefined {
+  return (fn as { [RETRY]?: Retry })[RETRY];
 }
 
 /**

@@ -5,6 +5,9 @@
 
 import { inspect } from 'node:util';
 
+/** The brand of a `PermanentError`, on its prototype: `Symbol.for`, so each build recognises the other's. */
+const PERMANENT = Symbol.for('express-background-tasks.permanent');
+
 /**
  * Reported to `onError` when a task is still running after `timeout` ms. The queue stops waiting
  * for it; a task made by `withSignal()` has its signal aborted with this error as the reason.
@@ -24,11 +27,27 @@ export class QueueFullError extends Error {
 
 /**
  * Reported to `onError` for each task that `close()` gave up on at its deadline: still running
- * (its signal is aborted), or still queued (it never ran).
+ * (its signal is aborted), still queued (it never ran), or waiting to be retried.
  * @public
  */
 export class ShutdownError extends Error {
   override name = 'ShutdownError' as const;
+}
+
+/**
+ * Throw it from a task to say that running it again cannot help (the record is gone, the address
+ * refuses mail): the task is not retried, whatever its `retry` says, and the error goes to
+ * `onError` at once. Recognised across the ES module and CommonJS builds, and from a thread of the
+ * pool; a worker made by `createWorker()` does not retry the task either.
+ * @example
+ * if (response.status === 404) throw new PermanentError(`order ${id} no longer exists`);
+ * @public
+ */
+export class PermanentError extends Error {
+  override name = 'PermanentError' as const;
+  static {
+    Object.defineProperty(this.prototype, PERMANENT, { value: true });
+  }
 }
 
 /**
@@ -79,4 +98,18 @@ export function messageOf(error: unknown): string {
     // shown as a value below
   }
   return describeError(error);
+}
+
+/**
+ * @return whether `error` is a `PermanentError` (of either build). Never throws: a revoked proxy
+ *   or a throwing getter counts as an ordinary failure.
+ * @internal
+ */
+export function isPermanent(error: unknown): boolean {
+  try {
+    return (typeof error === 'object' || typeof error === 'function') && error !== null &&
+      (error as { [PERMANENT]?: unknown })[PERMANENT] === true;
+  } catch {
+    return false;
+  }
 }

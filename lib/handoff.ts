@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import { HandOffError, messageOf } from './errors.js';
 import type { Settings, TaskStaging, TaskTransport } from './options.js';
-import { debug, handedOff, reportInScope, type Task, taskName, whenSettled } from './task.js';
+import { debug, handedOff, reportInScope, settleCall, type Task, taskName } from './task.js';
 
 /**
  * Where the staged tasks of a response stand: `none` staged; `staging` (the transport has them,
@@ -79,7 +79,7 @@ export class HandOff {
   ended(): void {
     const staging = this.#settings.staging;
     if (staging === undefined || this.#queued.length === 0 || this.#sending) return;
-    if (this.#settings.dropOnFailure && this.#res.statusCode >= 400) {
+    if (this.#settings.runOn === 'success' && this.#res.statusCode >= 400) {
       this.#letEndThrough(true);
       return;
     }
@@ -89,16 +89,8 @@ export class HandOff {
     this.#staging = 'staging';
     const { stagingTimeout } = this.#settings;
     const timer = setTimeout(() => this.#stagingFailed(new Error(`the transport did not stage it within ${stagingTimeout} ms`)), stagingTimeout);
-    let stored: unknown;
-    try {
-      stored = staging.stage(tasks.map(handedOff));
-    } catch (error) {
-      clearTimeout(timer);
-      this.#stagingFailed(error);
-      return;
-    }
-    void whenSettled(
-      stored,
+    void settleCall(
+      () => staging.stage(tasks.map(handedOff)),
       (receipt) => {
         clearTimeout(timer);
         this.#stored(receipt);
@@ -174,7 +166,7 @@ export class HandOff {
       this.#settle(tasks.length);
       return;
     }
-    const aborted = this.#holding && this.#settings.abortUnstaged;
+    const aborted = this.#holding && this.#settings.stagingFailure === 'abort';
     this.#letEndThrough(!aborted);
     this.#failed(tasks, cause, aborted);
     // Then the tasks queued since: should their send fail too, they fall back behind these.
@@ -205,15 +197,8 @@ export class HandOff {
       debug('%s failed: %s; the staged task(s) run when their lease runs out', outcome, messageOf(error));
       done();
     };
-    let settled: unknown;
-    try {
-      settled = outcome === 'release' ? staging.release(receipt) : staging.discard(receipt);
-    } catch (error) {
-      failed(error);
-      return;
-    }
-    void whenSettled(
-      settled,
+    void settleCall(
+      () => (outcome === 'release' ? staging.release(receipt) : staging.discard(receipt)),
       () => {
         if (debug.enabled && tasks.length > 0) debug('%s %d task(s): %s', outcome === 'release' ? 'released' : 'discarded', tasks.length, names(tasks));
         done();
@@ -234,15 +219,8 @@ export class HandOff {
     this.#queued = [];
     // Set: tasks are put aside for a transport only when there is one.
     const transport = this.#settings.transport as TaskTransport;
-    let sent: unknown;
-    try {
-      sent = transport.send(tasks.map(handedOff));
-    } catch (error) {
-      this.#failed(tasks, error, false);
-      return;
-    }
-    void whenSettled(
-      sent,
+    void settleCall(
+      () => transport.send(tasks.map(handedOff)),
       () => {
         if (debug.enabled) debug('handed off %d task(s): %s', tasks.length, names(tasks));
         this.#settle(tasks.length);
@@ -257,17 +235,17 @@ export class HandOff {
    */
   #failed(tasks: Task[], cause: unknown, aborted: boolean): void {
     const settings = this.#settings;
-    const fallback = settings.runLocallyOnHandOffFailure;
+    const inProcess = settings.fallback === 'in-process';
     const reason = messageOf(cause);
     const consequence = aborted
-      ? `, so its response was aborted${fallback ? ' and it runs in this process' : ''}`
-      : fallback ? ', so it runs in this process' : '';
+      ? `, so its response was aborted${inProcess ? ' and it runs in this process' : ''}`
+      : inProcess ? ', so it runs in this process' : '';
     for (const task of tasks) {
       const name = taskName(task.fn);
       const error = new HandOffError(`Task ${name} could not be handed off${consequence}: ${reason}`, { cause });
-      reportInScope(task, error, this.#req, this.#res, false, settings);
+      reportInScope(task, error, { req: this.#req, res: this.#res, settings });
     }
-    if (fallback) this.#runHere(tasks);
+    if (inProcess) this.#runHere(tasks);
     else this.#settle(tasks.length);
   }
 

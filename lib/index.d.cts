@@ -26,7 +26,10 @@ declare namespace backgroundTasks {
   export type CloseOptions = exported.CloseOptions;
   export type CloseSummary = exported.CloseSummary;
   export type DefinedTask<A extends unknown[] = never, R = unknown> = exported.DefinedTask<A, R>;
+  export type DefineTaskOptions = exported.DefineTaskOptions;
   export type HandedOffTask = exported.HandedOffTask;
+  export type RetryBackoff = exported.RetryBackoff;
+  export type RetryOptions = exported.RetryOptions;
   export type TaskInfo = exported.TaskInfo;
   export type TaskQueue = exported.TaskQueue;
   export type TaskTraceContext = exported.TaskTraceContext;
@@ -37,6 +40,7 @@ declare namespace backgroundTasks {
 
   export import defineTask = exported.defineTask;
   export import HandOffError = exported.HandOffError;
+  export import PermanentError = exported.PermanentError;
   export import QueueFullError = exported.QueueFullError;
   export import ShutdownError = exported.ShutdownError;
   export import TimeoutError = exported.TimeoutError;

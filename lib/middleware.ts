@@ -21,19 +21,19 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
   readonly pending: number;
   /**
    * Shuts down for a process about to exit: every response served from now on carries
-   * `Connection: close`, so keep-alive clients move on; pending tasks, and those the requests in
-   * flight add, run until `timeout`; the rest are reported to `onError` as `ShutdownError`s (their
-   * signals aborted, those on a thread pool stopped). Then it closes the transports that run tasks
-   * (their threads). Tasks added after it resolved are reported, not run. Call it beside
-   * `server.close()`; calling it again returns the same promise.
-   * @param options - `{ timeout }`, in ms (default 10000)
+   * `Connection: close`, so keep-alive clients move on; with `server`, it closes the server and
+   * waits for the requests in flight; pending tasks, and those those requests add, run until
+   * `timeout`; the rest are reported to `onError` as `ShutdownError`s (their signals aborted, those
+   * on a thread pool stopped). Then it closes the transports that run tasks (their threads). Tasks
+   * added after it resolved are reported, not run. Calling it again returns the same promise.
+   * @param options - `server`: the HTTP server to close with the tasks (without it, close the
+   *   server yourself first); `timeout`: ms for it all (default 10000)
    * @return what became of the pending tasks
    * @throws {TypeError|RangeError} for an invalid `timeout`; a TypeError for options that are not
    *   a plain object, an unknown option (inherited ones too), or a `server` that is not one
    * @example
    * process.once('SIGTERM', async () => {
-   *   server.close();
-   *   const { abandoned } = await tasks.close({ timeout: 10_000 });
+   *   const { abandoned } = await tasks.close({ server, timeout: 10_000 });
    *   process.exit(abandoned === 0 ? 0 : 1);
    * });
    */
@@ -72,7 +72,7 @@ export function backgroundTasks(options?: BackgroundTasksOptions, ...mountedAs: 
 
   function backgroundTasksMiddleware(req: Request, res: Response, next: NextFunction): void {
     // Mounted twice (app and router): keep the first queue, so each task runs once.
-    if (res.locals.tasks === undefined) res.locals.tasks = new ResponseQueue(scheduler, req, res);
+    if (res.locals.tasks === undefined) attachQueue(res, new ResponseQueue(scheduler, req, res));
     else debug('res.locals.tasks already set: the first middleware mounted keeps this response');
     if (scheduler.closing && !res.headersSent) res.setHeader('Connection', 'close');
     next();
@@ -83,4 +83,14 @@ export function backgroundTasks(options?: BackgroundTasksOptions, ...mountedAs: 
     pending: { get: () => scheduler.pending, enumerable: true },
     close: { value: (closeOptions?: CloseOptions) => (closed ??= closeTasks(scheduler, closeOptions)) },
   });
+}
+
+/**
+ * Puts `queue` at `res.locals.tasks`, not enumerable: `res.json(res.locals)` and the locals of
+ * `res.render()` (which would shadow `app.locals.tasks`) are the app's alone. It stays writable,
+ * as any local is.
+ * @private
+ */
+function attachQueue(res: Response, queue: ResponseQueue): void {
+  Object.defineProperty(res.locals, 'tasks', { value: queue, enumerable: false, writable: true, configurable: true });
 }

@@ -44,11 +44,12 @@ export interface BackgroundTasksOptions {
   /**
    * Wraps each run of a task in this process: called with the task's info and a function that runs
    * it, and returns what that function returns. Whatever the task does then happens inside what
-   * `around` set up: the active span of a tracer, a child logger, a Sentry scope. Call `run` once.
+   * `around` set up: the active span of a tracer, a child logger, a Sentry scope. Call `run` once,
+   * before the task's `timeout`: a `run()` that comes after the task was given up on (its timeout,
+   * the `close()` deadline) does not start it and returns `undefined`; a second call returns
+   * `undefined` too, and fails the task if it comes before `around` has returned or settled.
    * A synchronous `around` keeps a synchronous task synchronous. What `around` throws or rejects
-   * with is reported to `onError` as the task's failure. `info` is the very object the tracing
-   * channel publishes this run's events with, so a subscriber can find what `around` keyed on it
-   * (the `express-background-tasks/otel` entry ends its spans so).
+   * with is reported to `onError` as the task's failure.
    * @default none: tasks are called directly
    * @example
    * backgroundTasks({ around: (info, run) => logger.child({ task: info.name, requestId: info.requestId }).run(run) })
@@ -86,6 +87,44 @@ export interface BackgroundTasksOptions {
    * @default 'abort'
    */
   readonly stagingFailure?: 'abort' | 'respond' | undefined;
+  /**
+   * How every task of this middleware is retried when it fails: plain functions, and defined tasks
+   * whose `defineTask()` sets no `retry` of its own (wherever they run: here, on threads, or on a
+   * worker). A retried task keeps its place: the tasks queued after it in its response wait for
+   * its final outcome, but while it waits for its next attempt it holds no `concurrency` slot.
+   * `onError` sees only the final failure, with `info.attempt`; a `PermanentError` is not retried.
+   * `timeout` and the `withSignal()` signal apply to each attempt.
+   * @default none: a failed task is reported at once
+   * @example
+   * backgroundTasks({ retry: { attempts: 3, backoff: { type: 'exponential', delay: 1_000 } } })
+   */
+  readonly retry?: RetryOptions | undefined;
+}
+
+/**
+ * How a task is retried, in the shape of BullMQ's job options.
+ * @public
+ */
+export interface RetryOptions {
+  /** How many times the task may run in all, the first run included: `1` means no retry. */
+  readonly attempts: number;
+  /**
+   * How long to wait before each retry. Each wait is a random time between half of its delay and
+   * all of it, so that tasks that failed together do not retry together.
+   * @default { type: 'fixed', delay: 0 }: again at once, after the event loop has turned
+   */
+  readonly backoff?: RetryBackoff | undefined;
+}
+
+/**
+ * The wait before each retry.
+ * @public
+ */
+export interface RetryBackoff {
+  /** `'fixed'`: `delay` before each retry. `'exponential'`: `delay` × 2^(n − 1) before the n-th. */
+  readonly type: 'fixed' | 'exponential';
+  /** Milliseconds, before jitter. */
+  readonly delay: number;
 }
 
 /**
@@ -93,6 +132,12 @@ export interface BackgroundTasksOptions {
  * @public
  */
 export interface TaskTransport {
+  /**
+   * What kind of transport this is: one that stores tasks for workers elsewhere. Left out, a
+   * transport is taken to be of this kind; one that runs tasks says `kind: 'runner'`.
+   * @default 'job-queue'
+   */
+  readonly kind?: 'job-queue' | undefined;
   /**
    * Stores the tasks one response queued, in order, for workers to run.
    * @param tasks - name and JSON arguments of each task
@@ -155,6 +200,8 @@ export interface TaskStaging {
  * @public
  */
 export interface TaskRunner {
+  /** What kind of transport this is: one that runs tasks, as opposed to a job queue storing them. */
+  readonly kind: 'runner';
   /**
    * Runs one task.
    * @param task - its name and JSON arguments
@@ -194,6 +241,8 @@ export interface HandedOffTask {
   readonly name: string;
   /** The arguments given to `tasks.add()`, JSON values only: a copy made at `add()`. */
   readonly args: readonly unknown[];
+  /** How a worker retries it: its definition's `retry`, or the middleware's; left out for none. */
+  readonly retry?: RetryOptions | undefined;
 }
 
 /**
@@ -213,10 +262,18 @@ export interface TaskInfo {
   readonly status: number;
   /** `req.id`, as pino-http and express-request-id set it, when it is a string or a number. */
   readonly requestId: string | undefined;
-  /** Milliseconds from `add()` until the task started (until now, for a task that never started). */
+  /**
+   * Which run of the task this is, or was last, from 1; above 1 only for a task with a `retry`.
+   * A task reported before it ran (abandoned at shutdown, or whose hand-off failed) shows 1.
+   */
+  readonly attempt: number;
+  /**
+   * Milliseconds from `add()` until this attempt started (until now, for a task that never
+   * started), the earlier attempts and the waits between them included.
+   */
   readonly waitMs: number;
   /**
-   * Milliseconds the task ran until it failed, timed out or was abandoned; `undefined` while it runs,
+   * Milliseconds this attempt ran until it failed, timed out or was abandoned; `undefined` while it runs,
    * and for a plain synchronous task that threw (its start is not timed: a clock read costs as much
    * as such a task; its `waitMs` then runs to the throw).
    */
@@ -233,7 +290,7 @@ export interface Settings {
   readonly timeout: number;
   readonly concurrency: number;
   readonly maxPending: number;
-  readonly dropOnFailure: boolean;
+  readonly runOn: 'always' | 'success';
   /** The transport that stores defined tasks, if one does. */
   readonly transport: TaskTransport | undefined;
   /** The transport's two-phase form, and its `timeout`, read once. */
@@ -243,8 +300,18 @@ export interface Settings {
   readonly runners: readonly TaskRunner[];
   /** The transport that takes the defined task `name`, or `undefined` when it runs here. */
   readonly transportFor: (name: string) => TaskTransport | TaskRunner | undefined;
-  readonly runLocallyOnHandOffFailure: boolean;
-  readonly abortUnstaged: boolean;
+  readonly fallback: 'none' | 'in-process';
+  readonly stagingFailure: 'abort' | 'respond';
+  /** How tasks without a `retry` of their own are retried; `undefined` when they are not. */
+  readonly retry: Retry | undefined;
+}
+
+/**
+ * A `retry` option, checked, with its defaults filled in: what a job carries to a worker.
+ * @internal
+ */
+export interface Retry extends RetryOptions {
+  readonly backoff: RetryBackoff;
 }
 
 /**
@@ -267,6 +334,7 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     transport,
     fallback = 'none',
     stagingFailure = 'abort',
+    retry,
   } = options;
   if (typeof onError !== 'function') {
     throw new TypeError(invalid('onError', 'a function', onError));
@@ -290,11 +358,12 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
     timeout: checkTimeout(timeout, true),
     concurrency: checkCount('concurrency', concurrency),
     maxPending: checkCount('maxPending', maxPending),
-    dropOnFailure: runOn === 'success',
+    runOn,
     ...transports,
     ...checkStaging(transports.transport?.staging),
-    runLocallyOnHandOffFailure: fallback === 'in-process',
-    abortUnstaged: stagingFailure === 'abort',
+    fallback,
+    stagingFailure,
+    retry: checkRetry(retry, 'retry'),
   };
 }
 
@@ -309,16 +378,17 @@ export function resolveOptions(options: BackgroundTasksOptions | undefined): Set
  * @param options - the options as given
  * @param known - the options it reads
  * @param example - options to show in the message, e.g. `{ server, timeout: 10_000 }`
+ * @param name - what the options are called in messages: `options`, or a nested option's path
  * @throws {TypeError} when `options` is not an object or is a built-in one; naming the first
  *   unknown key and the option it most likely misspells, or listing the options when none is close
  * @internal
  */
-export function checkOptions(owner: string, options: unknown, known: readonly string[], example: string): asserts options is object {
+export function checkOptions(owner: string, options: unknown, known: readonly string[], example: string, name = 'options'): asserts options is object {
   if (options === null || typeof options !== 'object') {
-    throw new TypeError(invalid('options', `an object such as ${example}`, options));
+    throw new TypeError(invalid(name, `an object such as ${example}`, options));
   }
   if (Object.prototype.toString.call(options) !== '[object Object]') {
-    throw new TypeError(invalid('options', `a plain object such as ${example}, not an array, a Map or another built-in object`, options));
+    throw new TypeError(invalid(name, `a plain object such as ${example}, not an array, a Map or another built-in object`, options));
   }
   for (let level: object | null = options; level !== null; level = Object.getPrototypeOf(level) as object | null) {
     const inherited = level !== options;
@@ -326,8 +396,9 @@ export function checkOptions(owner: string, options: unknown, known: readonly st
       if (known.includes(key) || (inherited && OBJECT_KEYS.has(key))) continue;
       const meant = closest(key, known);
       const hint = meant === undefined ? known.join(', ') : `did you mean \`${meant}\`?`;
-      const where = inherited ? '; inherited from the prototype of `options`' : '';
-      throw new TypeError(invalid(key, `an option of ${owner} (${hint}${where})`, (options as Record<string, unknown>)[key]));
+      const where = inherited ? `; inherited from the prototype of \`${name}\`` : '';
+      const label = name === 'options' ? key : `${name}.${key}`;
+      throw new TypeError(invalid(label, `an option of ${owner} (${hint}${where})`, (options as Record<string, unknown>)[key]));
     }
   }
 }
@@ -346,6 +417,7 @@ const OPTION_NAMES = Object.keys({
   transport: true,
   fallback: true,
   stagingFailure: true,
+  retry: true,
 } satisfies Record<keyof BackgroundTasksOptions, true>);
 
 /** setTimeout() treats any longer delay as 1 ms. */
@@ -372,6 +444,45 @@ export function checkTimeout(value: unknown, infinityAllowed: boolean, name = 't
   }
   return value;
 }
+
+/**
+ * Validates a `retry` option: of the middleware, of a defined task, or of a task in a job.
+ * @param value - the option's value
+ * @param name - where it was given, for the messages: `retry`, `options.retry`
+ * @return it with its defaults filled in, frozen; `undefined` when it is
+ * @throws {TypeError} when it is not an object `{ attempts, backoff }`, has an unknown key, or a
+ *   value of the wrong type
+ * @throws {RangeError} when `attempts` is not a whole number from 1 to 100, or the delay is not a
+ *   number of milliseconds from 0 to 2^31 − 1
+ * @internal
+ */
+export function checkRetry(value: unknown, name: string): Retry | undefined {
+  if (value === undefined) return undefined;
+  const example = "{ attempts: 3, backoff: { type: 'exponential', delay: 1_000 } }";
+  checkOptions(`\`${name}\``, value, ['attempts', 'backoff'], example, name);
+  const { attempts, backoff = { type: 'fixed', delay: 0 } } = value as Partial<RetryOptions>;
+  if (typeof attempts !== 'number') {
+    throw new TypeError(invalid(`${name}.attempts`, 'a number of runs in all, the first included, such as 3', attempts));
+  }
+  if (!Number.isInteger(attempts) || attempts < 1 || attempts > MAX_ATTEMPTS) {
+    throw new RangeError(invalid(`${name}.attempts`, `a whole number of runs from 1 (no retry) to ${MAX_ATTEMPTS}`, attempts));
+  }
+  checkOptions(`\`${name}.backoff\``, backoff, ['type', 'delay'], "{ type: 'exponential', delay: 1_000 }", `${name}.backoff`);
+  const { type, delay } = backoff as Partial<RetryBackoff>;
+  if (type !== 'fixed' && type !== 'exponential') {
+    throw new TypeError(invalid(`${name}.backoff.type`, "'fixed' or 'exponential'", type));
+  }
+  if (typeof delay !== 'number') {
+    throw new TypeError(invalid(`${name}.backoff.delay`, 'a number of milliseconds', delay));
+  }
+  if (!(delay >= 0 && delay <= MAX_TIMEOUT)) {
+    throw new RangeError(invalid(`${name}.backoff.delay`, `a number of milliseconds from 0 to ${MAX_TIMEOUT}`, delay));
+  }
+  return Object.freeze({ attempts, backoff: Object.freeze({ type, delay }) });
+}
+
+/** The most runs a `retry` allows: enough for any backoff, few enough that a typo cannot pin a queue for days. */
+const MAX_ATTEMPTS = 100;
 
 /**
  * @param staging - a transport's `staging`
@@ -407,11 +518,11 @@ function resolveTransports(option: BackgroundTasksOptions['transport']): Pick<Se
   list.forEach((candidate, index) => {
     const label = Array.isArray(option) ? `transport[${index}]` : 'transport';
     const transport = checkTransport(label, candidate);
-    if ('send' in transport) {
-      if (store !== undefined) throw new TypeError(invalid(label, 'the only transport that stores tasks (one with send())', transport));
-      store = transport;
-    } else {
+    if (transport.kind === 'runner') {
       runners.push(transport);
+    } else {
+      if (store !== undefined) throw new TypeError(invalid(label, 'the only transport that stores tasks (a job queue)', transport));
+      store = transport;
     }
     if (transport.tasks === undefined) {
       if (index !== list.length - 1) {
@@ -430,6 +541,8 @@ function resolveTransports(option: BackgroundTasksOptions['transport']): Pick<Se
 }
 
 /**
+ * Checks a transport by the `kind` it declares: `'runner'` must have `run()`; `'job-queue'`, or no
+ * `kind`, must have `send()`.
  * @param label - `transport`, or `transport[i]` in a list
  * @param transport - what the option holds there
  * @return it, once checked to be a transport that stores or one that runs, with a valid `tasks`
@@ -437,9 +550,14 @@ function resolveTransports(option: BackgroundTasksOptions['transport']): Pick<Se
  * @private
  */
 function checkTransport(label: string, transport: unknown): TaskTransport | TaskRunner {
-  const { send, run, tasks } = (typeof transport === 'object' && transport !== null ? transport : {}) as Partial<Record<'send' | 'run' | 'tasks', unknown>>;
-  if ((typeof send === 'function') === (typeof run === 'function')) {
-    const expectation = 'a transport: an object with either a send() method, such as bullmqTransport({ queue }), or a run() method, such as piscinaTransport({ filename })';
+  const { kind, send, run, tasks } = (typeof transport === 'object' && transport !== null ? transport : {}) as Partial<Record<'kind' | 'send' | 'run' | 'tasks', unknown>>;
+  if (kind === 'runner' ? typeof run !== 'function' : kind !== undefined && kind !== 'job-queue') {
+    throw new TypeError(invalid(`${label}.kind`, "'job-queue' (an object with send(), such as bullmqTransport({ queue })) or 'runner' (an object with run(), such as piscinaTransport({ filename }))", kind));
+  }
+  if (kind !== 'runner' && typeof send !== 'function') {
+    const expectation = typeof run === 'function'
+      ? "a job queue with a send() method, or, as it has run(), one declaring kind: 'runner'"
+      : "a transport: a job queue with a send() method, such as bullmqTransport({ queue }), or an object with kind: 'runner' and a run() method, such as piscinaTransport({ filename })";
     throw new TypeError(invalid(label, expectation, transport));
   }
   if (tasks !== undefined && !(Array.isArray(tasks) && tasks.every((name) => typeof name === 'string' && name !== ''))) {

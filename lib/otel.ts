@@ -3,6 +3,7 @@
  * MIT Licensed
  */
 
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { performance } from 'node:perf_hooks';
 import { context, type Span, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import { describeError, invalid, messageOf } from './errors.js';
@@ -37,7 +38,7 @@ export interface TaskSpansOptions {
  * abandoned by `close()`. It then carries the task's outcome, queue wait and run time; a failure
  * is recorded as an exception, with the span's status set to error.
  * @param options - see `TaskSpansOptions`
- * @return the `around` function; give it the `info` it receives as is when you wrap it in yours
+ * @return the `around` function; an `around` of yours may wrap it, and hand it `info` or a copy
  * @throws {TypeError} when `tracer` is not an OpenTelemetry tracer, `newTrace` is neither a
  *   boolean nor a function, or an option is unknown
  * @example
@@ -55,25 +56,7 @@ export function taskSpans(options?: TaskSpansOptions): (info: TaskInfo, run: () 
     throw new TypeError(invalid('newTrace', 'a boolean or a function (info) => boolean', newTrace));
   }
 
-  // `around` gets the very object the tracing channel then publishes the task's outcome on: the
-  // only place that learns of a timeout or of an abandon, as the task's own promise never settles.
-  const open = new WeakMap<TaskInfo, OpenSpan>();
-  const settle = (traced: TaskTraceContext, failed: boolean, error: unknown): void => {
-    const opened = open.get(traced);
-    if (opened === undefined) return; // a task of a middleware without this `around`
-    open.delete(traced);
-    endSpan(opened, failed, error);
-  };
-  taskTracing.subscribe({
-    start: ignore,
-    end: (traced) => {
-      if ('error' in traced) settle(traced, true, traced.error);
-      else endUnlessRunning(traced, settle);
-    },
-    asyncStart: ignore,
-    asyncEnd: (traced) => settle(traced, 'error' in traced, traced.error),
-    error: ignore,
-  });
+  subscribeOnce();
 
   return function taskSpan(info: TaskInfo, run: () => unknown): unknown {
     const active = context.active(); // the async context of `tasks.add()`: the request's span
@@ -83,13 +66,60 @@ export function taskSpans(options?: TaskSpansOptions): (info: TaskInfo, run: () 
       attributes: startAttributes(info),
       ...(ownTrace && { root: true, links: requestSpan === undefined ? [] : [{ context: requestSpan.spanContext() }] }),
     }, active);
-    open.set(info, { span, startedAt: performance.now() });
+    // The run's own context on the tracing channel, which its outcome is published with, found by
+    // the async context: `info` may be a copy made by an `around` of the app that wraps this one.
+    open.set(currentRun.getStore() ?? info, { span, startedAt: performance.now() });
     return context.with(trace.setSpan(active, span), run);
   };
 }
 
 /** The keys `taskSpans()` reads; `satisfies` keeps the list in step with the interface. */
 const OPTION_NAMES = Object.keys({ tracer: true, newTrace: true } satisfies Record<keyof TaskSpansOptions, true>);
+
+/**
+ * The task spans not ended yet, by the tracing-channel context of their run: one map for every
+ * `taskSpans()` around, as the channel is subscribed to once.
+ */
+const open = new WeakMap<TaskTraceContext, OpenSpan>();
+
+/** The tracing-channel context of the run in progress: the store bound to the channel's `start`. */
+const currentRun = new AsyncLocalStorage<TaskTraceContext>();
+
+/** Whether the tracing channel is subscribed to: on the first call of `taskSpans()`, and never again. */
+let subscribed = false;
+
+/**
+ * Subscribes to the tracing channel once for all `taskSpans()` arounds: the only place that learns
+ * of a timeout or of an abandon, as the task's own promise never settles then. One subscription,
+ * however many times `taskSpans()` is called, so that repeated calls cost nothing per task.
+ * @private
+ */
+function subscribeOnce(): void {
+  if (subscribed) return;
+  subscribed = true;
+  taskTracing.start.bindStore(currentRun, (traced) => traced);
+  taskTracing.subscribe({
+    start: ignore,
+    end: (traced) => {
+      if ('error' in traced) settle(traced, true, traced.error);
+      else endUnlessRunning(traced);
+    },
+    asyncStart: ignore,
+    asyncEnd: (traced) => settle(traced, 'error' in traced, traced.error),
+    error: ignore,
+  });
+}
+
+/**
+ * Ends the span of a run, once; does nothing for a task of a middleware without a task span.
+ * @private
+ */
+function settle(traced: TaskTraceContext, failed: boolean, error: unknown): void {
+  const opened = open.get(traced);
+  if (opened === undefined) return;
+  open.delete(traced);
+  endSpan(opened, failed, error);
+}
 
 /** A task span not ended yet. */
 interface OpenSpan {
@@ -101,10 +131,9 @@ interface OpenSpan {
 /**
  * Ends the span of a task that returned or threw, unless it returned a promise still to settle.
  * @param traced - the task's context on the tracing channel, at `end`
- * @param settle - ends the span, once
  * @private
  */
-function endUnlessRunning(traced: TaskTraceContext, settle: (traced: TaskTraceContext, failed: boolean, error: unknown) => void): void {
+function endUnlessRunning(traced: TaskTraceContext): void {
   let running: boolean;
   try {
     const { result } = traced;
@@ -125,6 +154,7 @@ function startAttributes(info: TaskInfo): Record<string, string | number> {
   const attributes: Record<string, string | number> = {
     'background_task.name': info.name,
     'background_task.wait_ms': info.waitMs,
+    'background_task.attempt': info.attempt,
   };
   if (info.requestId !== undefined) attributes['background_task.request_id'] = info.requestId;
   return attributes;

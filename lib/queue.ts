@@ -1,12 +1,12 @@
 import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
-import { captureJsonArgs, checkTaskFunction, definedName } from './definition.js';
+import { captureJsonArgs, checkTaskFunction, definedName, retryOf } from './definition.js';
 import { messageOf, ShutdownError } from './errors.js';
 import { HandOff } from './handoff.js';
-import type { Settings } from './options.js';
+import type { Retry, Settings } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
-import { type Abandon, debug, report, reportInScope, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
+import { type Abandon, debug, report, reportInScope, runTask, settleCall, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -35,7 +35,8 @@ export interface TaskQueue {
 /**
  * Where a response's queue stands:
  * `open` (nothing queued yet) → `awaiting-flush` → (`awaiting-end`) → `idle` ⇄ `active` (a turn
- * scheduled, waiting for a slot, or running), or → `dropped` when `runOn: 'success'` refuses it.
+ * scheduled, waiting for a slot, or running, or a failed task waiting for its next attempt), or →
+ * `dropped` when `runOn: 'success'` refuses it.
  * `awaiting-end`: with `runOn: 'success'`, the connection closed before the handler ended the
  * response, so its final status is still to come.
  */
@@ -80,6 +81,10 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
   /** The task that returned a promise and has not settled yet, and the way to give up on it. */
   #running: Task | undefined = undefined;
   #abandonRunning: Abandon | undefined = undefined;
+  /** The failed task waiting for its next attempt (holding no slot), and the timer that queues it again. */
+  #retrying: Task | undefined = undefined;
+  #retryTimer: NodeJS.Timeout | undefined = undefined;
+  #onRetry: ((task: Task, delayMs: number) => void) | undefined = undefined;
   /** Resolves the promise given to the platform's `waitUntil()`, where there is one. */
   #settledForPlatform: (() => void) | undefined = undefined;
 
@@ -106,16 +111,19 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       refuseAfterClose(fn, this.#req, this.#res, this.#scheduler.settings);
       return this;
     }
+    // Everything that reads the function or the transport, and so can throw, before it counts.
+    const task = new Task(fn as (...args: never[]) => unknown, captured);
+    const { settings } = this.#scheduler;
+    task.retry = durableName === undefined ? settings.retry : retryOf(fn) ?? settings.retry;
+    const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
+    task.runner = transport?.kind === 'runner' ? transport : undefined;
     this.#scheduler.admit(fn);
     if (this.#pending++ === 0) {
       this.#scheduler.active.add(this);
       if (this.#scheduler.closing) this.closing();
       this.#settledForPlatform = keepPlatformAwake();
     }
-    const task = new Task(fn as (...args: never[]) => unknown, captured);
-    const { settings } = this.#scheduler;
-    const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
-    if (transport !== undefined && 'send' in transport) {
+    if (transport !== undefined && task.runner === undefined) {
       if (this.#handOff === undefined) {
         this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
         // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
@@ -123,7 +131,6 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       }
       this.#handOff.add(task);
     } else {
-      task.runner = transport;
       this.#append(task);
       this.#size++;
       if (this.#phase === 'idle') {
@@ -164,25 +171,36 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
 
   /**
    * At the deadline of `close()`: reports every task still queued (in-process, or waiting for the
-   * transport), and the one running, as a `ShutdownError`, aborts the running task's signal, and
-   * counts them all settled. Tasks the transport already has are left to its timeout.
+   * transport), the one waiting for its next attempt, and the one running, as a `ShutdownError`,
+   * aborts the running task's signal, and counts them all settled. Tasks the transport already
+   * has are left to its timeout.
    * @return how many tasks were abandoned
    */
   abandon(deadlineMs: number): number {
     const { settings } = this.#scheduler;
+    const retrying = this.#retrying;
+    if (retrying !== undefined) {
+      clearTimeout(this.#retryTimer);
+      this.#retrying = this.#retryTimer = undefined;
+      const attempts = `${retrying.attempt} of ${(retrying.retry as Retry).attempts} attempts`;
+      const error = new ShutdownError(`Task ${taskName(retrying.fn)} was abandoned at shutdown: waiting for its next attempt ${deadlineMs} ms after close(), after ${attempts} had failed`);
+      reportInScope(retrying, error, { req: this.#req, res: this.#res, settings });
+      this.#settle(1);
+    }
+    const abandoned = retrying === undefined ? 0 : 1;
     const queued: Task[] = this.#handOff?.abandon() ?? [];
     for (let task = this.#head; task !== undefined; task = task.next) queued.push(task);
     this.#head = this.#tail = undefined;
     this.#size = 0;
     for (const task of queued) {
       const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: still queued ${deadlineMs} ms after close()`);
-      reportInScope(task, error, this.#req, this.#res, false, settings);
+      reportInScope(task, error, { req: this.#req, res: this.#res, settings });
     }
     if (queued.length > 0) this.#settle(queued.length);
     const running = this.#running;
-    if (running === undefined) return queued.length;
+    if (running === undefined) return abandoned + queued.length;
     (this.#abandonRunning as Abandon)(new ShutdownError(`Task ${taskName(running.fn)} was abandoned at shutdown: still running ${deadlineMs} ms after close()`));
-    return queued.length + 1;
+    return abandoned + queued.length + 1;
   }
 
   /**
@@ -197,6 +215,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       traced: taskTracing.hasSubscribers,
       debugging: debug.enabled,
       settled: (this.#onSettled ??= () => this.#settledAsync()),
+      retry: (this.#onRetry ??= (task, delayMs) => this.#retryLater(task, delayMs)),
     };
     for (let task = this.#head; task !== undefined; task = this.#head) {
       this.#head = task.next;
@@ -208,6 +227,10 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
         this.#running = task;
         this.#abandonRunning = abandon;
         this.#turnEnding = lastOfTurn;
+        return;
+      }
+      if (task === this.#retrying) {
+        this.#waitToRetry();
         return;
       }
       this.#settle(1);
@@ -222,6 +245,10 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    */
   #settledAsync(): void {
     this.#running = this.#abandonRunning = undefined;
+    if (this.#retrying !== undefined) {
+      this.#waitToRetry();
+      return;
+    }
     this.#settle(1);
     if (this.#turnEnding || this.#head === undefined) {
       this.#endTurn();
@@ -229,6 +256,34 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       this.#scheduler.releaseSlot();
       this.#scheduler.requestSlot(this);
     }
+  }
+
+  /** A failed task is to run again after `delayMs`: it stays pending, and the tasks behind it wait. */
+  #retryLater(task: Task, delayMs: number): void {
+    this.#retrying = task;
+    this.#retryTimer = setTimeout(() => this.#retryNow(), delayMs);
+  }
+
+  /**
+   * Ends the turn of a task waiting for its next attempt and frees its slot, while the queue stays
+   * `active`: tasks added meanwhile wait behind it.
+   */
+  #waitToRetry(): void {
+    this.#lastOfTurn = undefined;
+    this.#turnEnding = false;
+    this.#scheduler.releaseSlot();
+  }
+
+  /** The backoff is over: the task goes back first in line, and its queue asks for a slot. */
+  #retryNow(): void {
+    const task = this.#retrying as Task;
+    this.#retrying = this.#retryTimer = undefined;
+    task.attempt++;
+    task.next = this.#head;
+    this.#head = task;
+    this.#tail ??= task;
+    this.#size++;
+    this.#startTurn();
   }
 
   /** Starts a turn: the tasks queued now, once a slot is free. Called with a task queued. */
@@ -251,7 +306,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
 
   /** The response has been flushed, or its connection closed. Runs inside on-finished: must not throw. */
   #flushed(): void {
-    if (this.#scheduler.settings.dropOnFailure && !statusIsFinal(this.#res)) {
+    if (this.#scheduler.settings.runOn === 'success' && !statusIsFinal(this.#res)) {
       // Decide on the status the handler sends, not the 200 a client that left early would leave
       // behind. Once the headers are out, or end() called, the status can no longer change.
       this.#phase = 'awaiting-end';
@@ -274,7 +329,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    * refuses the response.
    */
   #start(): void {
-    if (this.#scheduler.settings.dropOnFailure && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
+    if (this.#scheduler.settings.runOn === 'success' && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
       if (statusIsFinal(this.#res)) debug('dropped %d task(s): response status %d', this.size, this.#res.statusCode);
       else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.size, END_WAIT_MS);
       this.#settle(this.#size);
@@ -320,7 +375,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     if (this.#scheduler.closed) {
       for (const task of tasks) {
         const error = new ShutdownError(`Task ${taskName(task.fn)} was abandoned at shutdown: its hand-off failed after close() had given up or finished`);
-        reportInScope(task, error, this.#req, this.#res, false, this.#scheduler.settings);
+        reportInScope(task, error, { req: this.#req, res: this.#res, settings: this.#scheduler.settings });
       }
       this.#settle(tasks.length);
       return;
@@ -371,7 +426,10 @@ function keepPlatformAwake(): (() => void) | undefined {
     const waitUntil = requestContext.get?.()?.waitUntil;
     if (typeof waitUntil !== 'function') return undefined;
     let settled!: () => void;
-    (waitUntil as (promise: Promise<void>) => unknown)(new Promise<void>((resolve) => (settled = resolve)));
+    const tasksSettled = new Promise<void>((resolve) => (settled = resolve));
+    // What it returns is observed too: a rejection of it must not go unhandled.
+    const failed = (error: unknown): void => debug('the platform waitUntil() failed: %s', messageOf(error));
+    void settleCall(() => (waitUntil as (promise: Promise<void>) => unknown)(tasksSettled), () => {}, failed);
     return settled;
   } catch (error) {
     debug('the platform request context failed: %s', messageOf(error));

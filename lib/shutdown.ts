@@ -1,10 +1,10 @@
 import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
-import type { Server } from 'node:net';
+import { Server } from 'node:net';
 import { holdingAnEnd } from './handoff.js';
 import { checkOptions, checkTimeout, type TaskRunner } from './options.js';
 import type { Scheduler } from './scheduler.js';
-import { debug, whenSettled } from './task.js';
+import { debug, settleCall, withDeadline } from './task.js';
 import { describeError, invalid } from './errors.js';
 
 /**
@@ -59,22 +59,11 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
   checkOptions('close()', options, ['server', 'timeout'], '{ server, timeout: 10_000 }');
   const { server, timeout = 10_000 } = options;
   const timeoutMs = checkTimeout(timeout, true);
-  if (server !== undefined && typeof (server as Partial<Server> | null)?.close !== 'function') {
-    throw new TypeError(invalid('server', 'the http.Server that app.listen() returned', server));
-  }
+  if (server !== undefined) checkServer(server);
   scheduler.closing = true;
   for (const queue of scheduler.active) queue.closing();
   const settledBefore = scheduler.settledCount;
   debug('closing: %d task(s) pending, deadline in %d ms', scheduler.pending, timeoutMs);
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<false>((resolve) => {
-    if (timeoutMs === Infinity) return;
-    timer = setTimeout(() => {
-      // From this instant no queue starts and no task is accepted: what is left is given up on.
-      scheduler.closed = true;
-      resolve(false);
-    }, timeoutMs);
-  });
   const drained = (async (): Promise<true> => {
     if (server !== undefined) await closeServer(server);
     // A task added as the last ones settle (an async onError's retry) would start after close()
@@ -83,8 +72,12 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
     scheduler.closed = true;
     return true;
   })();
-  return Promise.race([drained, deadline]).then(async (inTime) => {
-    clearTimeout(timer);
+  const atDeadline = (): false => {
+    // From this instant no queue starts and no task is accepted: what is left is given up on.
+    scheduler.closed = true;
+    return false;
+  };
+  return withDeadline(drained, timeoutMs, atDeadline).then(async (inTime) => {
     let abandoned = 0;
     if (!inTime) for (const queue of [...scheduler.active]) abandoned += queue.abandon(timeoutMs);
     await closeRunners(scheduler.settings.runners);
@@ -100,6 +93,21 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
 }
 
 /**
+ * Checks the `server` option: a `net.Server`, as `app.listen()` returns one (http, https and http2
+ * servers are), since closing it relies on its events and connections.
+ * @throws {TypeError} otherwise; a short one, saying what to pass, for the Express app itself
+ * @private
+ */
+function checkServer(server: unknown): void {
+  if (server instanceof Server) return;
+  const expectation = 'the http.Server that app.listen() returned';
+  if (typeof server === 'function' && typeof (server as { listen?: unknown }).listen === 'function') {
+    throw new TypeError(`Expected \`server\` to be ${expectation}, got the Express app (function): pass const server = app.listen(port)`);
+  }
+  throw new TypeError(invalid('server', expectation, server));
+}
+
+/**
  * Closes what runs the runners' tasks (their threads), now that none of them is pending, waiting
  * `RUNNER_CLOSE_MS` at the most: a runner whose `close()` never settles must not hold the process
  * past the deadline. Never rejects: a failure is traced with `debug`.
@@ -107,15 +115,8 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
  */
 async function closeRunners(runners: readonly TaskRunner[]): Promise<void> {
   if (runners.length === 0) return;
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<void>((resolve) => {
-    timer = setTimeout(() => {
-      debug('a transport did not close within %d ms', RUNNER_CLOSE_MS);
-      resolve();
-    }, RUNNER_CLOSE_MS).unref();
-  });
-  await Promise.race([Promise.all(runners.map(closeRunner)), late]);
-  clearTimeout(timer);
+  const late = (): void => debug('a transport did not close within %d ms', RUNNER_CLOSE_MS);
+  await withDeadline(Promise.all(runners.map(closeRunner)), RUNNER_CLOSE_MS, late, true);
 }
 
 /** How long `close()` waits for the runners' own `close()` (a thread pool's takes milliseconds). */
@@ -126,13 +127,7 @@ const RUNNER_CLOSE_MS = 1_000;
  * @private
  */
 function closeRunner(runner: TaskRunner): Promise<void> {
-  let closing: unknown;
-  try {
-    closing = runner.close?.();
-  } catch (error) {
-    closing = Promise.reject(error);
-  }
-  return whenSettled(closing, () => {}, (error) => debug('closing a transport failed: %s', describeError(error)));
+  return settleCall(() => runner.close?.(), () => {}, (error) => debug('closing a transport failed: %s', describeError(error)));
 }
 
 /**

@@ -3,8 +3,8 @@ import diagnostics from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import createDebug from 'debug';
 import type { Request, Response } from 'express';
-import { describeError, TimeoutError } from './errors.js';
-import type { HandedOffTask, Settings, TaskInfo, TaskRunner } from './options.js';
+import { describeError, isPermanent, TimeoutError } from './errors.js';
+import type { HandedOffTask, Retry, RetryBackoff, Settings, TaskInfo, TaskRunner } from './options.js';
 import { signalTaker } from './signal.js';
 
 /**
@@ -54,6 +54,15 @@ export class Task extends AsyncResource {
   controller: AbortController | undefined = undefined;
   /** The transport that runs this defined task instead of this process. */
   runner: TaskRunner | undefined = undefined;
+  /** How it is retried: its definition's `retry`, or the middleware's. */
+  retry: Retry | undefined = undefined;
+  /** Which run this is, or was last, from 1. */
+  attempt = 1;
+  /**
+   * Set once the queue has stopped waiting for its current attempt: it settled, failed, timed out
+   * or was given up on. A `run()` that `around` calls later starts nothing.
+   */
+  done = false;
   /** The function a task made by `withSignal()` wraps, looked up once. */
   readonly takesSignal: ((signal: AbortSignal, ...args: unknown[]) => unknown) | undefined;
 
@@ -73,19 +82,31 @@ export class Task extends AsyncResource {
 export type Abandon = (error: Error) => void;
 
 /**
- * What running the tasks of one response needs, gathered once per run of its queue.
+ * The response a task was queued for, and the settings of its middleware: what reporting it needs.
  * @internal
  */
-export interface TaskRun {
+export interface TaskScope {
   readonly req: Request;
   readonly res: Response;
   readonly settings: Settings;
+}
+
+/**
+ * What running the tasks of one response needs, gathered once per run of its queue.
+ * @internal
+ */
+export interface TaskRun extends TaskScope {
   /** Whether the tracing channel has subscribers (read once per run). */
   readonly traced: boolean;
   /** Whether `debug` is enabled (read once per run: its getter is not free). */
   readonly debugging: boolean;
   /** Called once a task that returned a promise has settled, timed out or been abandoned. */
   readonly settled: () => void;
+  /**
+   * Called when a failed attempt is to be retried, instead of the report, and before `settled`
+   * for a task that returned a promise: the queue runs the task again after `delayMs`.
+   */
+  readonly retry: (task: Task, delayMs: number) => void;
 }
 
 /**
@@ -110,6 +131,7 @@ export function taskName(fn: { name: string }): string {
  */
 export function runTask(task: Task, run: TaskRun): Abandon | undefined {
   const { settings } = run;
+  task.done = false; // a retry's attempt starts anew
   const plain = !run.traced && settings.around === undefined && task.runner === undefined && task.takesSignal === undefined;
   // A clock read costs as much as a sync task: a plain one is stamped only once it proves async.
   if (!plain || run.debugging) task.startedAt = performance.now();
@@ -121,37 +143,57 @@ export function runTask(task: Task, run: TaskRun): Abandon | undefined {
       ? task.runInAsyncScope(task.fn as (...args: unknown[]) => unknown, undefined, ...task.args)
       : task.runInAsyncScope(callTask, undefined, task, run, context);
     if (!isThenable(result)) {
+      task.done = true;
       if (run.debugging) finished(task);
       return undefined;
     }
     if (task.startedAt === 0) task.startedAt = performance.now();
   } catch (error) {
-    reportInScope(task, error, run.req, run.res, true, settings);
+    task.done = true;
+    attemptFailed(task, error, run);
     return undefined;
   }
   return awaitTask(task, result, run, context);
 }
 
 /**
- * Calls `onFulfilled` or `onRejected` once `value` settles, as `await` sees it: a native promise by
- * its own state (an own `then` or a throwing `constructor` cannot break it), any other thenable
- * through its `then`, in a later job, once. Never throws and never leaves a rejection unhandled,
- * provided the callbacks do not throw.
+ * Calls a foreign function (a transport's, a runner's) and observes how it settles: a throw goes
+ * to `onRejected` at once, what it returns as `whenSettled()` sees it.
+ * @return a promise that resolves once a callback has been called; it never rejects, provided the
+ *   callbacks do not throw
  * @internal
  */
-export async function whenSettled(
-  value: unknown,
+export function settleCall(
+  call: () => unknown,
   onFulfilled: (value: unknown) => void,
   onRejected: (error: unknown) => void,
 ): Promise<void> {
-  let outcome: unknown;
+  let returned: unknown;
   try {
-    outcome = await value;
+    returned = call();
   } catch (error) {
     onRejected(error);
-    return;
+    return Promise.resolve();
   }
-  onFulfilled(outcome);
+  return whenSettled(returned, onFulfilled, onRejected);
+}
+
+/**
+ * Waits for `promise`, or `ms` milliseconds, whichever comes first; the timer is cleared as soon as
+ * `promise` settles first.
+ * @param ms - the deadline; `Infinity` for none
+ * @param atDeadline - what the result is, when the deadline comes first
+ * @param unref - whether the timer must not hold the process
+ * @internal
+ */
+export function withDeadline<T, L>(promise: Promise<T>, ms: number, atDeadline: () => L, unref = false): Promise<T | L> {
+  if (ms === Infinity) return promise;
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<L>((resolve) => {
+    timer = setTimeout(() => resolve(atDeadline()), ms);
+    if (unref) timer.unref();
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
 /**
@@ -169,6 +211,7 @@ export function taskInfo(task: Task, req: Request, res: Response, ended: boolean
     url: String(read(req, 'originalUrl')),
     status: Number(read(res, 'statusCode')),
     requestId: requestIdOf(req),
+    attempt: task.attempt,
     waitMs: startedAt - task.queuedAt,
     durationMs: ended && task.startedAt !== 0 ? now - task.startedAt : undefined,
   };
@@ -179,18 +222,45 @@ export function taskInfo(task: Task, req: Request, res: Response, ended: boolean
  * @internal
  */
 export function handedOff(task: Task): HandedOffTask {
+  const { retry } = task;
   // A defined task's function is named after it.
-  return { name: task.fn.name, args: task.args };
+  return retry === undefined ? { name: task.fn.name, args: task.args } : { name: task.fn.name, args: task.args, retry };
 }
 
 /**
- * Reports `error` as the failure of `task`, inside the async context of the `add()` call that
- * queued it, as a failure of its own run is.
- * @param ended - whether the task has run, for its `durationMs`
+ * @param attempt - the attempt that failed, from 1
+ * @param error - what it failed with
+ * @return milliseconds to wait before the next attempt, or `undefined` when there is none: no
+ *   `retry`, the attempts are spent, or the error is a `PermanentError`
  * @internal
  */
-export function reportInScope(task: Task, error: unknown, req: Request, res: Response, ended: boolean, settings: Settings): void {
-  task.runInAsyncScope(report, undefined, error, taskInfo(task, req, res, ended), settings);
+export function retryDelay(retry: Retry | undefined, attempt: number, error: unknown): number | undefined {
+  if (retry === undefined || attempt >= retry.attempts || isPermanent(error)) return undefined;
+  return backoffDelay(retry.backoff, attempt);
+}
+
+/**
+ * The wait after the `attempt`-th run failed: the backoff's delay (doubled after each attempt when
+ * exponential), jittered to a random time between half of it and all of it, so that tasks that
+ * failed together spread their retries; at most what `setTimeout()` takes.
+ * @internal
+ */
+export function backoffDelay({ type, delay }: RetryBackoff, attempt: number): number {
+  const full = type === 'fixed' ? delay : delay * 2 ** (attempt - 1);
+  return Math.min(MAX_DELAY, Math.round(full / 2 + (Math.random() * full) / 2));
+}
+
+/** setTimeout() treats any longer delay as 1 ms. */
+const MAX_DELAY = 2 ** 31 - 1;
+
+/**
+ * Reports `error` as the failure of `task`, inside the async context of the `add()` call that
+ * queued it, as a failure of its own run is: with its `durationMs` when it started.
+ * @param scope - its response and settings
+ * @internal
+ */
+export function reportInScope(task: Task, error: unknown, { req, res, settings }: TaskScope): void {
+  task.runInAsyncScope(report, undefined, error, taskInfo(task, req, res, true), settings);
 }
 
 /**
@@ -199,13 +269,33 @@ export function reportInScope(task: Task, error: unknown, req: Request, res: Res
  * @internal
  */
 export function report(error: unknown, info: TaskInfo, settings: Settings): void {
-  if (debug.enabled) debug('failed %s%s: %s', info.name, describeRequest(info), describeError(error));
+  if (debug.enabled) debug('failed %s%s%s: %s', info.name, describeRequest(info), info.attempt > 1 ? ` at attempt ${info.attempt}` : '', describeError(error));
   try {
     const returned = settings.onError(error, info);
     if (isThenable(returned)) void whenSettled(returned, ignore, (rejection) => reportOnErrorFailure('rejected', rejection, error, info.name));
   } catch (onErrorFailure) {
     reportOnErrorFailure('threw', onErrorFailure, error, info.name);
   }
+}
+
+/**
+ * A run of `task` failed with `error`: has the queue run it again after its backoff, when it is
+ * `retryable` and its `retry` allows another attempt, or else reports the error (from inside the
+ * task's async context).
+ * @private
+ */
+function attemptFailed(task: Task, error: unknown, run: TaskRun, retryable = true): void {
+  const delayMs = retryable ? retryDelay(task.retry, task.attempt, error) : undefined;
+  if (delayMs === undefined) {
+    reportInScope(task, error, run);
+    return;
+  }
+  if (debug.enabled) {
+    const { attempts } = task.retry as Retry;
+    debug('failed %s, attempt %d of %d, retrying in %d ms: %s', taskName(task.fn), task.attempt, attempts, delayMs, describeError(error));
+  }
+  task.startedAt = 0; // the next attempt's start is stamped anew
+  run.retry(task, delayMs);
 }
 
 /**
@@ -219,40 +309,51 @@ function callTask(task: Task, run: TaskRun, context: TaskTraceContext): unknown 
     const { runner } = task;
     if (runner !== undefined) {
       task.controller = new AbortController();
-      return runner.run(handedOff(task), { signal: task.controller.signal });
+      // Without its `retry`: the queue retries a runner's tasks.
+      return runner.run({ name: task.fn.name, args: task.args }, { signal: task.controller.signal });
     }
     const { takesSignal } = task;
     if (takesSignal === undefined) return (task.fn as (...args: unknown[]) => unknown)(...task.args);
     task.controller = new AbortController();
     return takesSignal(task.controller.signal, ...task.args);
   };
-  const wrapped = around === undefined ? call : () => callAround(around, context, call);
+  const wrapped = around === undefined ? call : () => callAround(around, context, task, call);
   return run.traced ? taskTracing.traceSync(wrapped, context) : wrapped();
 }
 
 /**
- * Calls `around` with a `run` that runs the task once: a second call throws, and an `around` that
- * returns (or settles) without having called it fails the task, which would otherwise vanish.
+ * Calls `around` with a `run` that runs the task once, and only while the queue waits for it: a
+ * `run()` that comes once the attempt has settled or been given up on (its timeout, the `close()`
+ * deadline), or once another attempt has begun, starts nothing and returns `undefined`. So does a second call, which fails the task
+ * when it comes before `around` has returned or settled. An `around` that returns (or settles)
+ * without having called `run` fails the task, which would otherwise vanish. `run` never throws of
+ * its own: `around` may call it from a timer, where a throw would be uncaught.
  * @private
  */
-function callAround(around: (info: TaskInfo, run: () => unknown) => unknown, info: TaskInfo, call: () => unknown): unknown {
+function callAround(around: (info: TaskInfo, run: () => unknown) => unknown, info: TaskInfo, task: Task, call: () => unknown): unknown {
+  const { attempt } = task;
   let called = false;
+  let calledAgain: TypeError | undefined;
   const runOnce = (): unknown => {
-    if (called) throw new TypeError(`around called run() a second time for task ${info.name}: each task runs once`);
+    if (task.done || task.attempt !== attempt) {
+      debug('around called run() for task %s once it had settled or been given up on: it does not run', info.name);
+      return undefined;
+    }
+    if (called) {
+      calledAgain ??= new TypeError(`around called run() a second time for task ${info.name}: each task runs once`);
+      return undefined;
+    }
     called = true;
     return call();
   };
-  const notRun = (): TypeError => new TypeError(`around returned without calling run() for task ${info.name}, so it did not run`);
+  const checked = (value: unknown): unknown => {
+    if (!called) throw new TypeError(`around returned without calling run() for task ${info.name}, so it did not run`);
+    if (calledAgain !== undefined) throw calledAgain;
+    return value;
+  };
   const result = around(info, runOnce);
-  if (isThenable(result)) {
-    return (async () => {
-      const value = await result;
-      if (!called) throw notRun();
-      return value;
-    })();
-  }
-  if (!called) throw notRun();
-  return result;
+  if (isThenable(result)) return (async () => checked(await result))();
+  return checked(result);
 }
 
 /**
@@ -263,18 +364,17 @@ function callAround(around: (info: TaskInfo, run: () => unknown) => unknown, inf
 function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, context: TaskTraceContext | undefined): Abandon {
   const { settings } = run;
   let timer: NodeJS.Timeout | undefined;
-  let done = false;
   const abandon = (error: Error): void => {
-    if (done) return;
+    if (task.done) return;
     task.controller?.abort(error); // before the report: the task learns it first
-    finish(true, error);
+    finish(true, error, error instanceof TimeoutError); // a task given up on at shutdown is not retried
   };
-  const finish = (failed: boolean, outcome: unknown): void => {
-    if (done) {
+  const finish = (failed: boolean, outcome: unknown, retryable = true): void => {
+    if (task.done) {
       debug('%s settled after it was given up on', taskName(task.fn));
       return;
     }
-    done = true;
+    task.done = true;
     if (timer !== undefined) clearTimeout(timer);
     // Subscribers and onError see the task's own async context, not the one that settled it.
     task.runInAsyncScope(() => {
@@ -288,7 +388,7 @@ function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, cont
         taskTracing.asyncStart.publish(context);
         taskTracing.asyncEnd.publish(context);
       }
-      if (failed) report(outcome, taskInfo(task, run.req, run.res, true), settings);
+      if (failed) attemptFailed(task, outcome, run, retryable);
       else if (run.debugging) finished(task);
     });
     run.settled();
@@ -336,6 +436,31 @@ function reportOnErrorFailure(how: 'threw' | 'rejected', onErrorFailure: unknown
 }
 
 /**
+ * Calls `onFulfilled` or `onRejected` once `value` settles, as `await` sees it: a native promise by
+ * its own state (an own `then` or a throwing `constructor` cannot break it), any other thenable
+ * through its `then`, in a later job, once. Never throws and never leaves a rejection unhandled,
+ * provided the callbacks do not throw.
+ * @private
+ */
+async function whenSettled(
+  value: unknown,
+  onFulfilled: (value: unknown) => void,
+  onRejected: (error: unknown) => void,
+): Promise<void> {
+  let outcome: unknown;
+  try {
+    outcome = await value;
+  } catch (error) {
+    // A native promise whose `constructor` getter throws makes `await` throw before it yields:
+    // wait a job, so that no callback runs inside this call.
+    await undefined;
+    onRejected(error);
+    return;
+  }
+  onFulfilled(outcome);
+}
+
+/**
  * What an `onError` promise resolves to is of no interest.
  * @private
  */
@@ -357,7 +482,8 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
  */
 function started(task: Task, run: TaskRun): void {
   const info = taskInfo(task, run.req, run.res, false);
-  debug('started %s%s, after %sms in the queue', info.name, describeRequest(info), info.waitMs.toFixed(1));
+  const attempt = info.attempt === 1 ? '' : `, attempt ${info.attempt} of ${(task.retry as Retry).attempts}`;
+  debug('started %s%s, after %sms in the queue%s', info.name, describeRequest(info), info.waitMs.toFixed(1), attempt);
 }
 
 /**

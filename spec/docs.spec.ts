@@ -8,6 +8,9 @@
 // Each page's blocks go to .tmp/docs/<page>/, under the name given (else block-<line>.ts), so they
 // can import one another. `express-background-tasks` resolves to this package by its own name
 // (package.json `exports`, so dist/: `npm run build` first, as `npm test` does).
+// It also checks that the pages' links resolve, that every command of a ```sh block is one that
+// works (npm scripts that exist, packages the project knows, the node test command run on a file),
+// and that the pages stay as short as a reader needs them.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -35,6 +38,16 @@ interface Block {
 const pages = ['README.md', ...(await readdir(path.join(repo, 'docs'))).filter((name) => name.endsWith('.md')).map((name) => `docs/${name}`)];
 const blocks = (await Promise.all(pages.map(async (page) => blocksOf(page, await readFile(path.join(repo, page), 'utf8'))))).flat();
 const checked = blocks.filter((block) => block.check !== undefined && block.check !== 'unchecked');
+const commands = (await Promise.all(pages.map(async (page) => commandsOf(page, await readFile(path.join(repo, page), 'utf8'))))).flat();
+
+/** What this spec reads of package.json. */
+interface Manifest {
+  readonly name: string;
+  readonly scripts: Record<string, string>;
+  readonly dependencies?: Record<string, string>;
+  readonly peerDependencies?: Record<string, string>;
+  readonly devDependencies?: Record<string, string>;
+}
 
 describe('the code in the README and docs/', () => {
   let compiled: { code: number; output: string };
@@ -74,6 +87,49 @@ describe('the code in the README and docs/', () => {
       }
     }
     assert.deepEqual(broken, []);
+  });
+
+  it('shows only shell commands that work: npm scripts that exist, packages this project knows, the test command', async () => {
+    const manifest = JSON.parse(await readFile(path.join(repo, 'package.json'), 'utf8')) as Manifest;
+    const known = new Set([manifest.name, ...Object.keys({ ...manifest.dependencies, ...manifest.peerDependencies, ...manifest.devDependencies })]);
+    const wrong: string[] = [];
+    const testFiles = new Set<string>();
+    for (const { where, command } of commands) {
+      const install = command.match(/^npm install(?: -D)?((?: [@\w./-]+)*)$/);
+      const script = command.match(/^npm run (\S+)(?: -- .*)?$/);
+      const nodeTest = command.match(/^node --import tsx --test (\S+\.test\.ts)$/);
+      if (install !== null) {
+        const unknown = (install[1] ?? '').split(' ').filter((name) => name !== '' && !known.has(name));
+        if (unknown.length > 0) wrong.push(`${where}: ${command} (not a package this project uses: ${unknown.join(', ')})`);
+      } else if (script !== null) {
+        if (manifest.scripts[script[1] ?? ''] === undefined) wrong.push(`${where}: ${command} (no such script)`);
+      } else if (nodeTest !== null) {
+        testFiles.add(nodeTest[1] ?? '');
+      } else if (command !== 'npm test') {
+        wrong.push(`${where}: ${command} (not a command this spec knows how to check)`);
+      }
+    }
+    assert.deepEqual(wrong, []);
+    for (const file of testFiles) {
+      const directory = path.join(workspace, 'commands');
+      await mkdir(directory, { recursive: true });
+      await writeFile(path.join(directory, file), "import { test } from 'node:test';\ntest('runs', () => {});\n");
+      // NODE_TEST_CONTEXT would make the inner `node --test` skip its files, as a test run inside this one.
+      const environment = { ...process.env };
+      delete environment['NODE_TEST_CONTEXT'];
+      const { code, output } = await run(process.execPath, ['--import', 'tsx', '--test', file], directory, environment);
+      assert.equal(code, 0, output);
+      assert.match(output, /^# pass 1$/m, `node --import tsx --test ${file} ran no test:\n${output}`);
+    }
+  });
+
+  it('keeps pages a reader finishes: README ≤ 1,600 words, each guide ≤ 2,000, docs/ < 15,000 in all', async () => {
+    const words = Object.fromEntries(await Promise.all(pages.map(async (page) => [page, (await readFile(path.join(repo, page), 'utf8')).split(/\s+/).filter(Boolean).length] as const)));
+    const guides = pages.filter((page) => page.startsWith('docs/'));
+    assert.ok((words['README.md'] ?? 0) <= 1600, `README.md has ${words['README.md']} words`);
+    assert.deepEqual(guides.filter((page) => (words[page] ?? 0) > 2000), [], JSON.stringify(words));
+    const total = guides.reduce((sum, page) => sum + (words[page] ?? 0), 0);
+    assert.ok(total < 15000, `docs/ holds ${total} words`);
   });
 
   it(`compiles, strict, each of the ${checked.length} checked blocks`, () => {
@@ -120,6 +176,15 @@ function blocksOf(page: string, markdown: string): Block[] {
   return found;
 }
 
+/** @return each command of the page's ```sh blocks (commands joined by `&&` apart), with where it is */
+function commandsOf(page: string, markdown: string): { where: string; command: string }[] {
+  return [...markdown.matchAll(/^```sh\n([\s\S]*?)^```/gm)].flatMap((match) => {
+    const line = markdown.slice(0, match.index).split('\n').length + 1;
+    return (match[1] ?? '').split('\n').flatMap((text) => text.replace(/#.*$/, '').split('&&'))
+      .map((command) => command.trim()).filter(Boolean).map((command) => ({ where: `${page}:${line}`, command }));
+  });
+}
+
 /** @return the anchors GitHub and npm give a page's headings: `## Redis down and \`fallback\`` is `redis-down-and-fallback` */
 function headingsOf(markdown: string): string[] {
   const outsideCode = markdown.replace(/^```[\s\S]*?^```/gm, '');
@@ -128,9 +193,9 @@ function headingsOf(markdown: string): string[] {
 }
 
 /** Runs a command without a shell, bounded in time. @return its exit code and all it printed */
-function run(command: string, args: string[], cwd: string): Promise<{ code: number; output: string }> {
+function run(command: string, args: string[], cwd: string, env = process.env): Promise<{ code: number; output: string }> {
   return new Promise((done) => {
-    execFile(command, args, { cwd, timeout: 60_000, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+    execFile(command, args, { cwd, env, timeout: 60_000, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
       const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
       done({ code, output: `${stdout}${stderr}${error?.killed === true ? '\n(killed: it did not exit within 60 s)' : ''}` });
     });

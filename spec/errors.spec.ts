@@ -3,7 +3,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import type { ErrorRequestHandler } from 'express';
 import { backgroundTasks, type TaskInfo } from '../lib/index.js';
-import { hostileOutcomes } from './support/hostile.js';
+import { type HostileOutcome, hostileOutcomes } from './support/hostile.js';
 import { captureStderr, deferred, expressVersions, trackResponses, watchProcessFaults, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
@@ -215,6 +215,31 @@ for (const [label, createApp] of expressVersions) {
       assert.deepEqual(ran, [...outcomes.map(({ name }) => `after ${name}`), 'next response']);
       assert.deepEqual(reported, outcomes.filter(({ fails }) => fails).map(({ name }) => name));
       assert.equal(tasks.pending, 0);
+    });
+
+    it('keeps no timeout timer, nor a slot, for a task whose promise fails as soon as it is awaited (a throwing constructor getter)', async () => {
+      const [{ task: promiseWithThrowingConstructor }] = hostileOutcomes().filter(({ name }) => name === 'promiseWithThrowingConstructor') as [HostileOutcome];
+      const reported: string[] = [];
+      const tasks = backgroundTasks({ timeout: 60_000, concurrency: 1, onError: (_error, { name }) => reported.push(name) });
+      const ran: string[] = [];
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(function settlesAtOnce() {
+          return promiseWithThrowingConstructor();
+        }).add(() => ran.push('behind it'));
+        res.send('ok');
+      });
+      const timersBefore = process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+      await withServer(app, async (server) => {
+        await (await fetch(server.url)).text();
+        await tasks.drain();
+        assert.deepEqual(await tasks.close({ timeout: 1_000 }), { drained: true, settled: 0, abandoned: 0, pending: 0 });
+      });
+      assert.deepEqual(reported, ['settlesAtOnce']);
+      assert.deepEqual(ran, ['behind it']);
+      const timersAfter = process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+      assert.ok(timersAfter <= timersBefore, `no timer keeps the process alive (${timersAfter} timers, ${timersBefore} before)`);
     });
 
     for (const setup of ['plain', 'around', 'timeout'] as const) {

@@ -1,24 +1,25 @@
 // Random programs against one real server: requests whose handlers queue tasks of every kind
-// (sync, async, throwing, rejecting, hanging, hostile returns, self-re-adding), at every moment
-// (in the handler, after the end, later), under random `timeout`, `concurrency`, `maxPending` and
-// `runOn`, some of whose clients reset the connection before the response. fast-check shrinks a
+// (sync, async, throwing, rejecting, hanging, hostile returns, self-re-adding, failing a few times
+// then succeeding, failing permanently), at every moment (in the handler, after the end, later),
+// under random `timeout`, `concurrency`, `maxPending`, `runOn` and `retry`, some of whose clients
+// reset the connection before the response. fast-check shrinks a
 // failing program and prints its seed; re-run one with FUZZ_SEED=<seed>.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import express, { type RequestHandler } from 'express';
 import fc from 'fast-check';
-import { backgroundTasks, type BackgroundTasksMiddleware, QueueFullError, type TaskQueue } from '../lib/index.js';
+import { backgroundTasks, type BackgroundTasksMiddleware, PermanentError, QueueFullError, type RetryOptions, type TaskQueue, withSignal } from '../lib/index.js';
 import { hostileOutcomes } from './support/hostile.js';
 import { deferred, delay, rawRequest, watchProcessFaults, withServer } from './support/http.js';
 
 const hostile = hostileOutcomes();
-const kinds = ['sync', 'async', 'throws', 'rejects', 'hangs', 'hostile', 're-adds'] as const;
+const kinds = ['sync', 'async', 'throws', 'rejects', 'hangs', 'hostile', 're-adds', 'flaky', 'permanent'] as const;
 type Kind = (typeof kinds)[number];
 
 interface TaskPlan {
   readonly kind: Kind;
-  /** Which hostile outcome, or how many times the task re-adds itself. */
+  /** Which hostile outcome, or how many times the task re-adds itself or fails before it succeeds. */
   readonly variant: number;
   readonly when: 'in the handler' | 'after the end' | 'later';
 }
@@ -35,6 +36,7 @@ interface Program {
   readonly concurrency: number;
   readonly maxPending: number;
   readonly runOn: 'always' | 'success';
+  readonly retry: RetryOptions | undefined;
   readonly requests: readonly RequestPlan[];
 }
 
@@ -43,6 +45,13 @@ const program: fc.Arbitrary<Program> = fc.record({
   concurrency: fc.constantFrom(1, 2, 3, Infinity),
   maxPending: fc.constantFrom(2, 5, 12, Infinity),
   runOn: fc.constantFrom('always' as const, 'success' as const),
+  retry: fc.option(
+    fc.record({
+      attempts: fc.constantFrom(1, 2, 3),
+      backoff: fc.record({ type: fc.constantFrom('fixed' as const, 'exponential' as const), delay: fc.constantFrom(0, 2, 8) }),
+    }),
+    { nil: undefined },
+  ),
   requests: fc.array(
     fc.record({
       status: fc.constantFrom(200, 201, 404, 500),
@@ -93,9 +102,10 @@ describe('scheduler invariants under random programs (fast-check, one real serve
 /** What one added task did, as the spec saw it. */
 interface TaskRecord {
   readonly request: number;
-  readonly fails: boolean;
-  /** Counted as running until its TimeoutError is reported. */
-  readonly hangs: boolean;
+  /** How many of its runs fail before one succeeds: 0, a few, or all of them (Infinity). */
+  readonly failures: number;
+  /** Whether its failure is a PermanentError, which is not retried. */
+  readonly permanent: boolean;
   accepted: boolean;
   starts: number;
   reports: number;
@@ -115,13 +125,15 @@ class ProgramRun {
   readonly #accepted: string[][];
   readonly #started: string[][];
   #running = 0;
+  /** The timers of the process when the program started. */
+  readonly #timersBefore = timersNow();
   #limitsBroken: string[] = [];
   #nextId = 0;
 
   constructor(plan: Program) {
     this.#plan = plan;
-    const { timeout, concurrency, maxPending, runOn } = plan;
-    this.middleware = backgroundTasks({ timeout, concurrency, maxPending, runOn, onError: (_error, { name }) => this.#reported(name) });
+    const { timeout, concurrency, maxPending, runOn, retry } = plan;
+    this.middleware = backgroundTasks({ timeout, concurrency, maxPending, runOn, retry, onError: (_error, { name }) => this.#reported(name) });
     const handlers = plan.requests.map(() => deferred());
     this.#handled = handlers.map(({ promise }) => promise);
     this.#handlersDone = handlers.map(({ resolve }) => resolve);
@@ -189,17 +201,22 @@ class ProgramRun {
     expect(this.#warnings.length === 0, () => `no process warning: ${this.#warnings.map(String).join('; ')}`);
     expect(this.#limitsBroken.length === 0, () => this.#limitsBroken.join('; '));
     expect(this.middleware.pending === 0, () => `pending is 0 once drained, not ${this.middleware.pending}`);
+    expect(timersNow() <= this.#timersBefore, () => `no timer left behind: ${timersNow()} timers, ${this.#timersBefore} before the program`);
+    const attempts = this.#plan.retry?.attempts ?? 1;
     for (const [id, task] of this.added) {
       const dropped = this.#plan.runOn === 'success' && (this.#plan.requests[task.request] as RequestPlan).status >= 400;
-      const starts = task.accepted && !dropped ? 1 : 0;
+      const runs = task.permanent ? 1 : Math.min(task.failures + 1, attempts);
+      const starts = task.accepted && !dropped ? runs : 0;
       expect(task.starts === starts, () => `task ${id} started ${task.starts} times, not ${starts}`);
-      const reports = starts === 1 && task.fails ? 1 : 0;
+      const reports = starts > 0 && (task.permanent || task.failures >= attempts) ? 1 : 0;
       expect(task.reports === reports, () => `task ${id} was reported ${task.reports} times, not ${reports}`);
     }
     this.#plan.requests.forEach((plan, request) => {
       if (this.#plan.runOn === 'success' && plan.status >= 400) return;
-      const [accepted, started] = [this.#accepted[request] ?? [], this.#started[request] ?? []];
-      expect(started.join() === accepted.join(), () => `request ${request} started [${started}] in the order added [${accepted}]`);
+      // A retried task runs again before the next one starts: its runs are next to each other.
+      const accepted = this.#accepted[request] ?? [];
+      const started = (this.#started[request] ?? []).filter((id, index, all) => id !== all[index - 1]);
+      expect(started.join() === accepted.join(), () => `request ${request} started [${started}] in the order added [${accepted}], each task's runs together`);
     });
     return checks;
   }
@@ -209,18 +226,20 @@ class ProgramRun {
     const id = `t${this.#nextId++}`;
     const kind: Kind = plan.kind === 'hangs' && this.#plan.timeout === Infinity ? 'async' : plan.kind;
     const outcome = hostile[plan.variant % hostile.length] as (typeof hostile)[number];
-    const fails = kind === 'throws' || kind === 'rejects' || kind === 'hangs' || (kind === 'hostile' && outcome.fails);
-    const record: TaskRecord = { request, fails, hangs: kind === 'hangs', accepted: false, starts: 0, reports: 0 };
+    const alwaysFails = kind === 'throws' || kind === 'rejects' || kind === 'hangs' || kind === 'permanent' || (kind === 'hostile' && outcome.fails);
+    const failures = alwaysFails ? Infinity : kind === 'flaky' ? plan.variant % 3 : 0;
+    const record: TaskRecord = { request, failures, permanent: kind === 'permanent', accepted: false, starts: 0, reports: 0 };
     this.added.set(id, record);
     const body = this.#body(kind, outcome.task, () => {
       for (let times = plan.variant % 3; times > 0; times--) this.#add(queue, request, { ...plan, kind: 'sync' });
-    });
-    const task = Object.defineProperty(() => {
+    }, () => record.starts <= failures);
+    // Through withSignal() for the hanging kind: each attempt's timeout aborts its signal.
+    const task = withSignal(Object.defineProperty((signal: AbortSignal) => {
       record.starts++;
       this.#started[request]?.push(id);
       this.#checkLimits(`start of ${id}`);
-      return body();
-    }, 'name', { value: id });
+      return body(signal);
+    }, 'name', { value: id }));
     try {
       queue.add(task);
     } catch (error) {
@@ -234,7 +253,7 @@ class ProgramRun {
   }
 
   /** The task's own work, holding one of the spec's running count while it runs. */
-  #body(kind: Kind, hostileTask: () => unknown, reAdd: () => void): () => unknown {
+  #body(kind: Kind, hostileTask: () => unknown, reAdd: () => void, failsThisTime: () => boolean): (signal: AbortSignal) => unknown {
     const sync = (work: () => void) => (): void => {
       this.#running++;
       try {
@@ -263,16 +282,24 @@ class ProgramRun {
       case 'rejects':
         return async(true);
       case 'hangs':
-        return () => {
+        return (signal) => {
           this.#running++;
+          // A timed-out attempt no longer counts against `concurrency`; it is reported only when it is the last.
+          signal.addEventListener('abort', () => this.#running--, { once: true });
           return new Promise(() => {});
         };
       case 'hostile':
         return hostileTask;
+      case 'flaky':
+        return () => async(failsThisTime())();
+      case 'permanent':
+        return sync(() => {
+          throw new PermanentError('no use trying again');
+        });
     }
   }
 
-  /** Records a report; a timed-out task stops counting as running, as it does for `concurrency`. */
+  /** Records a report. */
   #reported(name: string): void {
     const task = this.added.get(name);
     if (task === undefined) {
@@ -280,7 +307,6 @@ class ProgramRun {
       return;
     }
     task.reports++;
-    if (task.hangs) this.#running--;
   }
 
   /** Pending within [0, maxPending], running within `concurrency`. */
@@ -289,4 +315,9 @@ class ProgramRun {
     if (pending < 0 || pending > this.#plan.maxPending) this.#limitsBroken.push(`pending ${pending} at the ${when}`);
     if (this.#running > this.#plan.concurrency) this.#limitsBroken.push(`${this.#running} tasks running at the ${when}`);
   }
+}
+
+/** @return how many timers the process holds now */
+function timersNow(): number {
+  return process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
 }

@@ -1,6 +1,7 @@
 // express-background-tasks/otel against the real OpenTelemetry SDK: spans exported in memory, the
 // request's server span and the task's outgoing call made by @opentelemetry/instrumentation-http.
 import assert from 'node:assert/strict';
+import diagnostics from 'node:diagnostics_channel';
 import { afterEach, describe, it } from 'node:test';
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { HttpInstrumentation } from '@opentelemetry/instrumentation-http';
@@ -76,7 +77,7 @@ for (const [label, createApp] of expressVersions) {
         assert.deepEqual(span.status, { code: SpanStatusCode.UNSET });
         assert.deepEqual(span.events, []);
         const { 'background_task.wait_ms': waitMs, 'background_task.duration_ms': durationMs, ...rest } = span.attributes;
-        assert.deepEqual(rest, { 'background_task.name': name, 'background_task.request_id': 'req-7', 'background_task.outcome': 'ok' });
+        assert.deepEqual(rest, { 'background_task.name': name, 'background_task.attempt': 1, 'background_task.request_id': 'req-7', 'background_task.outcome': 'ok' });
         assert.ok(typeof waitMs === 'number' && waitMs >= 0, `wait_ms ${String(waitMs)}`);
         assert.ok(typeof durationMs === 'number' && durationMs >= 0, `duration_ms ${String(durationMs)}`);
       }
@@ -115,6 +116,18 @@ describe('task spans of failing tasks', () => {
       assert.match(String(exception?.attributes?.['exception.stacktrace']), new RegExp(`^${type}: ${message}\\n\\s+at (Task\\.)?${name} `));
     }
     assert.equal(only(spans, (span) => span.name === 'afterThem').attributes['background_task.outcome'], 'ok');
+  });
+
+  it('gives each attempt of a retried task a span of its own, with its background_task.attempt', async () => {
+    const tasks = backgroundTasks({ around: taskSpans(), retry: { attempts: 2 }, onError() {} });
+    let runs = 0;
+    await serveOnce(tasks, (add) => {
+      add(async function syncCrm() {
+        if (++runs === 1) throw new Error('crm down');
+      });
+    });
+    const spans = (await finishedSpans()).filter((span) => span.name === 'syncCrm');
+    assert.deepEqual(spans.map((span) => [span.attributes['background_task.attempt'], span.attributes['background_task.outcome']]), [[1, 'error'], [2, 'ok']]);
   });
 
   it('ends the span of a task that hangs at its timeout, with outcome timeout and a TimeoutError', async () => {
@@ -255,6 +268,50 @@ describe('taskSpans() options', () => {
       name: 'TypeError',
       message: 'Expected `newTrce` to be an option of taskSpans() (did you mean `newTrace`?), got `true` (boolean)',
     });
+  });
+
+  it('subscribes to the tracing channel once, however many times it is called', async () => {
+    taskSpans(); // the first call may subscribe
+    const channels = ['start', 'end', 'asyncStart', 'asyncEnd', 'error'].map((event) => diagnostics.channel(`tracing:express-background-tasks:task:${event}`));
+    let subscribed = 0;
+    const restore = channels.map((channel) => {
+      const { subscribe, unsubscribe } = channel;
+      channel.subscribe = (listener) => {
+        subscribed++;
+        subscribe.call(channel, listener);
+      };
+      channel.unsubscribe = (listener) => {
+        const removed = unsubscribe.call(channel, listener) as unknown;
+        if (removed === true) subscribed--;
+        return removed as ReturnType<typeof unsubscribe>;
+      };
+      return () => Object.assign(channel, { subscribe, unsubscribe });
+    });
+    try {
+      for (let call = 0; call < 1_000; call++) taskSpans();
+      const tasks = backgroundTasks({ around: taskSpans() });
+      await serveOnce(tasks, (add) => add(function audit() {}));
+    } finally {
+      for (const undo of restore) undo();
+    }
+    assert.equal(subscribed, 0, 'subscriptions added by 1,001 more calls');
+    assert.equal(only(await finishedSpans(), (span) => span.name === 'audit').attributes['background_task.outcome'], 'ok');
+  });
+
+  it('ends the span when an around of the app wraps it and hands it a copy of info', async () => {
+    const spans = taskSpans();
+    const tasks = backgroundTasks({ around: (info, run) => spans({ ...info, name: `app.${info.name}` }, run), timeout: 50, onError() {} });
+    await serveOnce(tasks, (add) => {
+      add(function audit() {});
+      add(async function notify() {});
+      add(function resizeImage() {
+        return new Promise(() => {}); // never settles: its span ends at the timeout
+      });
+    });
+    const ended = await finishedSpans();
+    assert.equal(only(ended, (span) => span.name === 'app.audit').attributes['background_task.outcome'], 'ok');
+    assert.equal(only(ended, (span) => span.name === 'app.notify').attributes['background_task.outcome'], 'ok');
+    assert.equal(only(ended, (span) => span.name === 'app.resizeImage').attributes['background_task.outcome'], 'timeout');
   });
 
   it('starts the spans with the tracer given', async () => {

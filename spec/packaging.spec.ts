@@ -143,7 +143,7 @@ describe('packaging', () => {
         console.log(JSON.stringify({ names: Object.keys(backgroundTasks).sort(), loaded: require.resolve('express-background-tasks') }));
       `);
       const { names, loaded } = JSON.parse(printed) as { names: string[]; loaded: string };
-      assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'ShutdownError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask', 'withSignal']);
+      assert.deepEqual(names, ['HandOffError', 'PermanentError', 'QueueFullError', 'ShutdownError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask', 'withSignal']);
       assert.ok(loaded.endsWith(path.join('dist', 'cjs', 'index.cjs')), loaded);
     });
 
@@ -160,7 +160,7 @@ describe('packaging', () => {
         console.log(JSON.stringify({ names: Object.keys(everything).sort(), loaded: import.meta.resolve('express-background-tasks') }));
       `);
       const { names, loaded } = JSON.parse(printed) as { names: string[]; loaded: string };
-      assert.deepEqual(names, ['HandOffError', 'QueueFullError', 'ShutdownError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask', 'withSignal']);
+      assert.deepEqual(names, ['HandOffError', 'PermanentError', 'QueueFullError', 'ShutdownError', 'TimeoutError', 'backgroundTasks', 'default', 'defineTask', 'withSignal']);
       assert.ok(loaded.endsWith('/dist/esm/index.js'), loaded);
     });
 

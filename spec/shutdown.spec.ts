@@ -205,6 +205,7 @@ for (const [label, createApp] of expressVersions) {
     it('resolves soon after its deadline although a runner transport\'s close() never settles', { timeout: 10_000 }, async () => {
       const reported: string[] = [];
       const runner: TaskRunner = {
+        kind: 'runner',
         run: () => new Promise(() => {}),
         close: () => new Promise(() => {}),
       };

@@ -25,20 +25,22 @@ describe('bad input is refused at once', () => {
     [{ maxPending: -1 }, RangeError, 'Expected `maxPending` to be a positive integer or Infinity, got `-1` (number)'],
     [{ maxPending: 10n }, TypeError, 'got `10n` (bigint)'],
     [{ runOn: 'never' }, TypeError, "Expected `runOn` to be 'always' or 'success', got `never` (string)"],
-    [{ transport: {} }, TypeError, 'Expected `transport` to be a transport: an object with either a send() method, such as bullmqTransport({ queue }), or a run() method, such as piscinaTransport({ filename }), got `{}` (object)'],
+    [{ transport: {} }, TypeError, "Expected `transport` to be a transport: a job queue with a send() method, such as bullmqTransport({ queue }), or an object with kind: 'runner' and a run() method, such as piscinaTransport({ filename }), got `{}` (object)"],
+    [{ transport: { run() {} } }, TypeError, "Expected `transport` to be a job queue with a send() method, or, as it has run(), one declaring kind: 'runner'"],
+    [{ transport: { kind: 'runner', send() {} } }, TypeError, "Expected `transport.kind` to be 'job-queue' (an object with send(), such as bullmqTransport({ queue })) or 'runner' (an object with run(), such as piscinaTransport({ filename })), got `runner` (string)"],
+    [{ transport: { kind: 'threads', run() {} } }, TypeError, 'Expected `transport.kind` to be'],
     [{ transport: null }, TypeError, 'got `null` (object)'],
-    [{ transport: { send() {}, run() {} } }, TypeError, 'Expected `transport` to be a transport: an object with either a send() method'],
-    [{ transport: [{ run() {}, tasks: ['resize'] }, 'redis'] }, TypeError, 'Expected `transport[1]` to be a transport'],
-    [{ transport: { run() {}, tasks: 'resize' } }, TypeError, 'Expected `transport.tasks` to be an array of task names, got `resize` (string)'],
-    [{ transport: [{ run() {}, tasks: [''] }] }, TypeError, 'Expected `transport[0].tasks` to be an array of task names'],
-    [{ transport: [{ run() {} }, { send() {} }] }, TypeError, 'Expected `transport[0]` to be a transport listing the tasks it takes (`tasks`), as it comes before the last'],
-    [{ transport: [{ send() {}, tasks: ['a'] }, { send() {} }] }, TypeError, 'Expected `transport[1]` to be the only transport that stores tasks (one with send())'],
+    [{ transport: [{ kind: 'runner', run() {}, tasks: ['resize'] }, 'redis'] }, TypeError, 'Expected `transport[1]` to be a transport'],
+    [{ transport: { kind: 'runner', run() {}, tasks: 'resize' } }, TypeError, 'Expected `transport.tasks` to be an array of task names, got `resize` (string)'],
+    [{ transport: [{ kind: 'runner', run() {}, tasks: [''] }] }, TypeError, 'Expected `transport[0].tasks` to be an array of task names'],
+    [{ transport: [{ kind: 'runner', run() {} }, { send() {} }] }, TypeError, 'Expected `transport[0]` to be a transport listing the tasks it takes (`tasks`), as it comes before the last'],
+    [{ transport: [{ send() {}, tasks: ['a'] }, { send() {} }] }, TypeError, 'Expected `transport[1]` to be the only transport that stores tasks (a job queue)'],
     [{ fallback: 'retry' }, TypeError, "Expected `fallback` to be 'none' or 'in-process', got `retry` (string)"],
     [{ concurency: 4, timout: 100 }, TypeError, 'Expected `concurency` to be an option of backgroundTasks() (did you mean `concurrency`?), got `4` (number)'],
     [{ timout: 100 }, TypeError, 'Expected `timout` to be an option of backgroundTasks() (did you mean `timeout`?), got `100` (number)'],
     [{ maxpending: 10 }, TypeError, 'Expected `maxpending` to be an option of backgroundTasks() (did you mean `maxPending`?), got `10` (number)'],
     [{ on_error: 'log' }, TypeError, 'Expected `on_error` to be an option of backgroundTasks() (did you mean `onError`?), got `log` (string)'],
-    [{ retries: 3 }, TypeError, 'Expected `retries` to be an option of backgroundTasks() (onError, around, timeout, concurrency, maxPending, runOn, transport, fallback, stagingFailure), got `3` (number)'],
+    [{ retries: 3 }, TypeError, 'Expected `retries` to be an option of backgroundTasks() (onError, around, timeout, concurrency, maxPending, runOn, transport, fallback, stagingFailure, retry), got `3` (number)'],
     [{ around: 'span' }, TypeError, 'Expected `around` to be a function (info, run) => run(), got `span` (string)'],
     [{ stagingFailure: 'retry' }, TypeError, "Expected `stagingFailure` to be 'abort' or 'respond', got `retry` (string)"],
     [{ transport: { send() {}, staging: { timeout: 10, stage() {} } } }, TypeError, 'Expected `transport.staging` to be an object with stage(), release() and discard() methods and a timeout, got `{ timeout: 10, stage: [Function: stage] }` (object)'],
@@ -71,6 +73,8 @@ describe('bad input is refused at once', () => {
     [{ timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, or Infinity, got `0` (number)'],
     [{ timout: 5000 }, TypeError, 'Expected `timout` to be an option of close() (did you mean `timeout`?), got `5000` (number)'],
     [{ server: 3000 }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `3000` (number)'],
+    [{ server: { close() {} } }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `{ close: [Function: close] }` (object)'],
+    [{ server: { close() {}, listening: true } }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `{ close: [Function: close], listening: true }` (object)'],
   ];
   for (const [options, ErrorClass, message] of invalidCloseOptions) {
     it(`close(${JSON.stringify(options)}) throws a ${ErrorClass.name} at once, and does not start closing`, () => {
@@ -79,6 +83,17 @@ describe('bad input is refused at once', () => {
         assert.ok(error instanceof ErrorClass, `a ${ErrorClass.name}`);
         assert.equal(error.message, message);
         return true;
+      });
+    });
+  }
+
+  for (const [label, createApp] of expressVersions) {
+    it(`${label}: close({ server: app }), the app instead of its server, throws a short TypeError saying what to pass`, () => {
+      const middleware = backgroundTasks();
+      const app = createApp();
+      assert.throws(() => middleware.close({ server: app as unknown as CloseOptions['server'] }), {
+        name: 'TypeError',
+        message: 'Expected `server` to be the http.Server that app.listen() returned, got the Express app (function): pass const server = app.listen(port)',
       });
     });
   }

@@ -112,6 +112,8 @@ sendReceipt.taskName = 'other';
 backgroundTasks({ fallback: 'retry' });
 // @ts-expect-error -- a transport has a send() or a run() method
 backgroundTasks({ transport: {} });
+// @ts-expect-error -- a transport that runs tasks declares kind: 'runner'
+backgroundTasks({ transport: { run: async () => {} } });
 // @ts-expect-error -- a transport lists the tasks it takes by name
 backgroundTasks({ transport: [{ run: async () => {}, tasks: [sendReceipt] }] });
 // @ts-expect-error -- piscinaTransport() needs the module of definitions
@@ -150,3 +152,13 @@ backgroundTasks({ around: 'span' });
 taskSpans({ newTrace: 'long' });
 // @ts-expect-error -- a tracer, not a tracer's name
 taskSpans({ tracer: 'shop' });
+// @ts-expect-error -- `retry.attempts` is a number
+backgroundTasks({ retry: { attempts: '3' } });
+// @ts-expect-error -- `retry` needs `attempts`
+backgroundTasks({ retry: { backoff: { type: 'fixed', delay: 100 } } });
+// @ts-expect-error -- the backoff is 'fixed' or 'exponential'
+backgroundTasks({ retry: { attempts: 3, backoff: { type: 'linear', delay: 100 } } });
+// @ts-expect-error -- the backoff is an object: { type: 'fixed', delay: 1_000 }
+backgroundTasks({ retry: { attempts: 3, backoff: 1_000 } });
+// @ts-expect-error -- a misspelled option of defineTask() (also refused at run time, naming `retry`)
+defineTask('ping', () => {}, { retrys: { attempts: 3 } });

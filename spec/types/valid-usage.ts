@@ -8,6 +8,7 @@ import backgroundTasks, {
   backgroundTasks as namedBackgroundTasks,
   defineTask,
   HandOffError,
+  PermanentError,
   QueueFullError,
   ShutdownError,
   TimeoutError,
@@ -17,7 +18,10 @@ import backgroundTasks, {
   type CloseSummary,
   type BackgroundTasksOptions,
   type DefinedTask,
+  type DefineTaskOptions,
   type HandedOffTask,
+  type RetryBackoff,
+  type RetryOptions,
   type TaskInfo,
   type TaskQueue,
   type TaskRunner,
@@ -232,6 +236,7 @@ export async function onThreads(queue: Queue): Promise<readonly string[]> {
   const threads: PiscinaTransport = piscinaTransport(poolOptions);
   const byPath = piscinaTransport({ filename: '/srv/app/dist/tasks.js' });
   const inline: TaskRunner = {
+    kind: 'runner',
     tasks: ['warm-cache'],
     run: async ({ name, args }: HandedOffTask, { signal }: TaskRunOptions) => console.log(name, args, signal.aborted),
   };
@@ -243,4 +248,27 @@ export async function onThreads(queue: Queue): Promise<readonly string[]> {
   });
   console.log(threads.pool.utilization, threads.pool.threads.length);
   return threads.ready;
+}
+
+/** Retries: per middleware, per defined task (read-only settings), and a permanent failure. */
+export function retried(): BackgroundTasksMiddleware {
+  const backoff: RetryBackoff = { type: 'exponential', delay: 1_000 };
+  const retry: RetryOptions = { attempts: 3, backoff };
+  const options: DefineTaskOptions = { retry: { attempts: 5 } };
+  const sendWebhook = defineTask('send-webhook', async (url: string) => {
+    const response = await fetch(url, { method: 'POST' });
+    if (response.status === 410) throw new PermanentError(`${url} is gone`);
+  }, options);
+  defineTask('fixed', () => {}, { retry: { attempts: 2, backoff: { type: 'fixed', delay: 0 } } } as const);
+  const retriedTasks = backgroundTasks({
+    retry,
+    onError: (error: unknown, { name, attempt }: TaskInfo) => console.log(name, attempt, error instanceof PermanentError),
+  });
+  app.post('/hooks', (_req, res) => {
+    res.locals.tasks.add(sendWebhook, 'https://example.com/hook');
+    res.end();
+  });
+  const handedOff: HandedOffTask = { name: 'send-webhook', args: [], retry };
+  console.log(handedOff.retry?.attempts);
+  return retriedTasks;
 }
