@@ -304,6 +304,7 @@ describe('bad input is refused at once', () => {
   const invalidWorkers: [options: unknown, message: string][] = [
     [null, 'Expected `options` to be an object, got `null` (object)'],
     [{ queueName: '', connection, tasks: [greet] }, 'Expected `queueName` to be a non-empty string, got `` (string)'],
+    [{ queueName: 'tasks', connection, backend: 'postgres', tasks: [greet] }, 'Expected `backend` to be a BullMQ backend factory such as createPostgresBackend, got `postgres` (string)'],
     [{ queueName: 'tasks', connection, tasks: greet }, 'Expected `tasks` to be an array of defineTask() definitions, got `[Function: greet] { taskName: \'greet\' }` (function)'],
     [{ queueName: 'tasks', connection, tasks: [greet, function sendEmail() {}] }, 'Expected `tasks[1]` to be a task made by defineTask(), got `[Function: sendEmail]` (function)'],
     [{ queueName: 'tasks', connection, tasks: [greet, defineTask('greet', () => {})] }, 'Expected `tasks[1]` to be a task whose name no other task has, got `greet` (string)'],
