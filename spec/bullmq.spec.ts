@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
+import net from 'node:net';
 import { after, describe, test, type TestContext } from 'node:test';
 import { type ConnectionOptions, createPostgresBackend, type Job, type JobsOptions, Queue, type Worker } from 'bullmq';
 import express from 'express';
@@ -193,6 +194,43 @@ describe('bullmqTransport() with a stand-in queue', () => {
   });
 
 });
+
+/**
+ * The ways the kill spec's clients ask, each resolving with the ids of the responses received in
+ * full: JSON over fetch, a file over fetch, a stream over HTTP/1.0 (framed by the connection's
+ * close, so only its last chunk tells it is complete), two JSON responses pipelined on one connection.
+ */
+const killShapes: [string, (port: number, id: string) => Promise<string[]>][] = [
+  ['json', async (port, id) => {
+    const response = await fetch(`http://127.0.0.1:${port}/items/${id}`, { method: 'POST' });
+    return response.status === 200 && ((await response.json()) as { id?: string }).id === id ? [id] : [];
+  }],
+  ['sendFile', async (port, id) => {
+    const response = await fetch(`http://127.0.0.1:${port}/files/${id}`, { method: 'POST' });
+    return response.status === 200 && response.headers.get('x-id') === id && (await response.text()).length === 200_000 ? [id] : [];
+  }],
+  ['HTTP/1.0 stream', async (port, id) => {
+    const answer = await rawExchange(port, `POST /streams/${id} HTTP/1.0\r\nContent-Length: 0\r\n\r\n`);
+    return answer.startsWith('HTTP/1.1 200') && answer.endsWith(`end ${id}`) ? [id] : [];
+  }],
+  ['pipelined', async (port, id) => {
+    const answer = await rawExchange(port, `POST /items/${id}.1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n` +
+      `POST /items/${id}.2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+    return [`${id}.1`, `${id}.2`].filter((each) => answer.includes(`{"id":"${each}"}`));
+  }],
+];
+
+/** @return all that the server sent on a connection of its own, once the connection has closed */
+function rawExchange(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(request));
+    let answer = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (answer += chunk));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(answer));
+  });
+}
 
 for (const engine of engines) describe(`bullmqTransport() and createWorker() on ${engine.name}`, { skip: engine.skip }, () => {
   test('stages a response\'s defined tasks as one delayed job before its first byte is sent, and promotes it once the response has been flushed', async () => {
@@ -424,6 +462,7 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
     };
 
     const received: string[] = [];
+    const shapeOf = new Map<string, string>();
     const webs = await Promise.all(Array.from({ length: trials }, startWeb)); // started together: a start takes a second or two
     for (const [trial, { web, port }] of webs.entries()) {
       let killed = false;
@@ -432,9 +471,12 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
         while (!killed) {
           const id = `${trial}-${sent++}`;
           try {
-            const response = await fetch(`http://127.0.0.1:${port}/items/${id}`, { method: 'POST' });
-            const body = (await response.json()) as { id?: string };
-            if (response.status === 200 && body.id === id) received.push(id); // received in full
+            // Each shape in turn; a response counts only once its client holds all of it.
+            const [shape, ask] = killShapes[sent % killShapes.length] as (typeof killShapes)[number];
+            for (const each of await ask(Number(port), id)) {
+              received.push(each);
+              shapeOf.set(each, shape);
+            }
           } catch {
             // Killed before this response was complete: no promise was made to its client.
           }
@@ -477,8 +519,10 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
     const unacknowledged = [...runs.keys()].filter((task) => !expected.has(task)).length;
     t.diagnostic(`${engine.name}, seed ${seed}: ${trials} trials, ${received.length} responses received in full, ${expected.size} tasks expected, ` +
       `${expected.size - missing.length} run, ${missing.length} missing, ${duplicated} run more than once; ` +
-      `${unacknowledged} more tasks ran for responses their client did not receive in full`);
+      `${unacknowledged} more tasks ran for responses their client did not receive in full; received in full per shape: ` +
+      killShapes.map(([shape]) => `${shape} ${[...shapeOf.values()].filter((each) => each === shape).length}`).join(', '));
     assert.ok(received.length >= trials, 'each trial served responses before its kill');
+    for (const [shape] of killShapes) assert.ok([...shapeOf.values()].includes(shape), `some ${shape} responses were received in full`);
     assert.deepEqual(missing, [], `seed ${seed}`);
   });
 
