@@ -15,7 +15,7 @@ import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions,
 import { bullmqTransport, createWorker, type CreateWorkerOptions, type TasksJobData } from '../lib/bullmq.js';
 import { deferred, delay, endLaterWithStatus, handlerGate, pausedPost, withServer } from './support/http.js';
 import { postgresQueue, startPostgres } from './support/postgres.js';
-import { freePort, startRedis, tcpProxy, waitForOutput } from './support/redis.js';
+import { freePort, startRedis, tcpProxy, waitForOutput, type TcpProxy } from './support/redis.js';
 
 const requireFromSpec = createRequire(import.meta.url);
 const [redisOrReason, postgresOrReason] = await Promise.all([startRedis(), startPostgres()]);
@@ -673,6 +673,64 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
     assert.ok(received.length >= trials, 'each trial served responses before its kill');
     assert.deepEqual(missing, [], `seed ${seed}`);
   });
+
+  const outages = [
+    ['down', 'its connections refused', (proxy: TcpProxy) => proxy.cut()],
+    ['unreachable', 'its connections left hanging', (proxy: TcpProxy) => proxy.hang()],
+  ] as const;
+  for (const [outage, how, begin] of outages) {
+    test(`while ${engine.name} is ${outage} (${how}), each staging fails within the transport's \`timeout\` and its response is aborted; once it is back, staging works again`, async (t) => {
+      const timeout = 2_000;
+      const proxy = await tcpProxy(engine);
+      const queue = engine.queueAt(proxy.port);
+      queue.on('error', () => {}); // each failed connection attempt, during the outage
+      await queue.waitUntilReady();
+      const reported: unknown[] = [];
+      const notify = defineTask('notify', (_id: string) => {});
+      const { app, tasks } = appWith({ transport: bullmqTransport({ queue, timeout }), onError: (error) => reported.push(error) }, (req, res) => {
+        res.locals.tasks.add(notify, String(req.params.id));
+        res.json({ id: req.params.id });
+      });
+      const received: string[] = [];
+      const failedAfter: number[] = [];
+      let recoveredAfter = 0;
+      try {
+        await withServer(app, async ({ url }) => {
+          /** Whether the response came in full, timed. */
+          const post = async (id: string): Promise<{ ok: boolean; ms: number }> => {
+            const startedAt = performance.now();
+            const ok = await fetch(`${url}/${id}`, { method: 'POST' })
+              .then(async (response) => response.status === 200 && ((await response.json()) as { id: string }).id === id, () => false);
+            if (ok) received.push(id);
+            return { ok, ms: performance.now() - startedAt };
+          };
+          assert.ok((await post('before')).ok);
+          await tasks.drain(); // its job promoted
+          begin(proxy);
+          for (let i = 0; i < 3; i++) {
+            const { ok, ms } = await post(`during-${i}`);
+            assert.equal(ok, false, 'aborted: its tasks could not be stored');
+            failedAfter.push(ms);
+          }
+          proxy.restore();
+          const restoredAt = performance.now();
+          for (let i = 0; !(await post(`after-${i}`)).ok && performance.now() - restoredAt < 30_000; i++) await delay(50);
+          recoveredAfter = performance.now() - restoredAt;
+          await tasks.drain();
+        });
+        const stored = (await queue.getJobs(['waiting', 'delayed'])).map((job) => (job.data as TasksJobData).tasks[0]?.args[0]);
+        assert.deepEqual(stored.sort(), [...received].sort(), 'each response received in full, and only those, has its job');
+      } finally {
+        await queue.close();
+        await proxy.close();
+      }
+      t.diagnostic(`${engine.name} ${outage}: stagings failed after ${failedAfter.map((ms) => ms.toFixed(0)).join(', ')} ms; ` +
+        `staging worked again ${recoveredAfter.toFixed(0)} ms after it was back`);
+      for (const ms of failedAfter) assert.ok(ms < timeout + 500, `a staging failed after ${ms.toFixed(0)} ms, with a timeout of ${timeout} ms`);
+      assert.ok(received.some((id) => id.startsWith('after-')), 'staging worked again');
+      assert.ok(reported.length >= 3 && reported.every((error) => error instanceof HandOffError), 'each aborted response\'s task reported');
+    });
+  }
 
   test('a failing task is retried per the job options; the tasks that succeeded do not run again', async () => {
     const queue = await uniqueQueue(engine);
