@@ -1076,6 +1076,27 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
 
 });
 
+describe('bullmqTransport() on PostgreSQL only', { skip: onPostgres.skip }, () => {
+  test('a task argument holding U+0000, which PostgreSQL cannot store in JSON, fails the staging as `stagingFailure` says: the response aborted, the task reported', async () => {
+    const queue = await uniqueQueue(onPostgres);
+    opened.push(queue);
+    const reported: unknown[] = [];
+    const notify = defineTask('notify', (_text: string) => {});
+    const { app, tasks } = appWith({ transport: bullmqTransport({ queue }), onError: (error) => reported.push(error) }, (_req, res) => {
+      res.locals.tasks.add(notify, 'a\u0000b');
+      res.json({ ok: true });
+    });
+    await withServer(app, async ({ url }) => {
+      await assert.rejects(fetch(`${url}/1`, { method: 'POST' }), { message: 'fetch failed' });
+      await tasks.drain();
+    });
+    assert.equal(reported.length, 1);
+    assert.match((reported[0] as Error).message, /^Task notify could not be handed off, so its response was aborted: unsupported Unicode escape sequence/);
+    assert.equal(await queue.count(), 0);
+    await closeOpened();
+  });
+});
+
 describe('bullmqTransport() and createWorker() on Redis only', { skip: onRedis.skip }, () => {
   test('the promotions of one turn are sent corked on the queue\'s ioredis connection (`getBackend().client`)', async (t) => {
     const queue = await uniqueQueue(onRedis);
