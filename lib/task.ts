@@ -344,7 +344,11 @@ function callAround(around: (info: TaskInfo, run: () => unknown) => unknown, inf
       return undefined;
     }
     called = true;
-    return call();
+    const returned = call();
+    // A promise that settles as `await` sees the task's value: an async `around` that returns it
+    // hands on its outcome, even from a native promise whose own `then` is shadowed, which the
+    // return of an async function would take for a plain value and leave rejecting unhandled.
+    return isThenable(returned) ? adopt(returned) : returned;
   };
   const checked = (value: unknown): unknown => {
     if (!called) throw new TypeError(`around returned without calling run() for task ${info.name}, so it did not run`);
@@ -458,6 +462,14 @@ async function whenSettled(
     return;
   }
   onFulfilled(outcome);
+}
+
+/**
+ * @return a native promise that settles as `await` sees `value`
+ * @private
+ */
+async function adopt(value: PromiseLike<unknown>): Promise<unknown> {
+  return await value;
 }
 
 /**

@@ -261,3 +261,36 @@ describe('an around that calls run() late or twice', () => {
     }
   });
 });
+
+describe('an async around handed a hostile promise by run()', () => {
+  it("reports the rejection of a promise whose own then is shadowed, which an async around's return would not adopt, and nothing is unhandled", async () => {
+    const [, createApp] = expressVersions[0] as (typeof expressVersions)[number];
+    const faults = watchProcessFaults();
+    const reported: string[] = [];
+    const tasks = backgroundTasks({
+      onError: (error) => reported.push((error as Error).message),
+      around: async (_info, run) => {
+        await new Promise(setImmediate);
+        return run(); // an async function resolves with what it returns: a value whose then is not callable is not adopted
+      },
+    });
+    const app = createApp();
+    app.use(tasks);
+    app.get('/', (_req, res) => {
+      res.locals.tasks.add(function rejectsLater() {
+        return Object.assign(new Promise((_resolve, reject) => setTimeout(reject, 5, new Error('late'))), { then: undefined });
+      });
+      res.send('ok');
+    });
+    try {
+      await withServer(app, async ({ url }) => {
+        await (await fetch(url)).text();
+        await tasks.drain();
+      });
+      assert.deepEqual(reported, ['late']);
+      assert.deepEqual(faults.faults, []);
+    } finally {
+      faults.stop();
+    }
+  });
+});

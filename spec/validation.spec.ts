@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { inspect } from 'node:util';
 import { runInNewContext } from 'node:vm';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { backgroundTasks, defineTask, QueueFullError, type BackgroundTasksOptions, type CloseOptions, withSignal } from '../lib/index.js';
 import { bullmqTransport, createWorker, type BullmqTransportOptions, type CreateWorkerOptions } from '../lib/bullmq.js';
 import { taskSpans, type TaskSpansOptions } from '../lib/otel.js';
+import { piscinaTransport, type PiscinaTransportOptions } from '../lib/piscina.js';
 import { expressVersions, withServer } from './support/http.js';
 
 describe('bad input is refused at once', () => {
@@ -105,10 +107,11 @@ describe('bad input is refused at once', () => {
     ['close()', '{ server, timeout: 10_000 }', (options) => backgroundTasks().close(options as CloseOptions), 'timout', 'timeout'],
     ['bullmqTransport()', '{ queue }', (options) => bullmqTransport(options as BullmqTransportOptions), 'jobOption', 'jobOptions', { queue: bullmqQueue }],
     ['taskSpans()', '{ newTrace: true }', (options) => taskSpans(options as TaskSpansOptions), 'newTrce', 'newTrace'],
+    ['piscinaTransport()', "{ filename: new URL('./tasks.js', import.meta.url) }", (options) => piscinaTransport(options as PiscinaTransportOptions), 'maxThread', 'maxThreads', { filename: '/srv/app/tasks.js' }],
   ];
   for (const [owner, example, take, misspelled, meant, required = {}] of optionTakers) {
     for (const [shape, options, shown] of [
-      ['an array', [required], `[ ${Object.keys(required).length === 0 ? '{}' : '{ queue: [Object] }'} ]`],
+      ['an array', [required], `[ ${Object.keys(required).length === 0 ? '{}' : inspect(required, { depth: 0 })} ]`],
       ['a Map', new Map(Object.entries({ ...required, [meant]: 1 })), 'Map('],
       ['a Date', new Date(0), '1970-01-01T00:00:00.000Z'],
     ] as const) {
