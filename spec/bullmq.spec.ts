@@ -231,13 +231,11 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
     const inProcess: string[] = [];
     const send = defineTask('send', (_to: string) => {});
     const audit = defineTask('audit', (_event: { id: string; n: number }) => {});
-    const states: string[] = [];
     let finishedAt = 0;
     const { app, tasks } = appWith({ transport: bullmqTransport({ queue, lease: 60_000 }) }, (req, res) => {
-      res.on('finish', () => {
-        finishedAt = Date.now();
-        void queue.getJobCounts('delayed', 'waiting').then((counts) => states.push(`at the flush: ${counts['delayed']} delayed, ${counts['waiting']} waiting`));
-      });
+      // Still delayed at the flush: see the slow client's spec (PostgreSQL runs a query sent here
+      // beside the promotion, on another connection, so it cannot tell).
+      res.on('finish', () => (finishedAt = Date.now()));
       res.locals.tasks
         .add(send, `${req.params.id}@example.com`)
         .add((id: string) => void inProcess.push(id), String(req.params.id))
@@ -259,7 +257,6 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
     assert.match(job.id ?? '', /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'a UUID: a resent add cannot make a second job');
     assert.ok(job.timestamp <= finishedAt, 'stored before the response finished');
     assert.equal(job.opts.delay, 60_000, 'staged with the lease as its delay');
-    assert.deepEqual(states, ['at the flush: 1 delayed, 0 waiting']);
     assert.deepEqual(inProcess, ['7'], 'the plain function ran in this process');
     await closeOpened();
   });
