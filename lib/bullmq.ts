@@ -30,9 +30,10 @@ const MAX_LISTED_LENGTH = 300;
  */
 export interface BullmqTransportOptions {
   /**
-   * The queue the jobs go to. Create it with `skipWaitingForReady: true` and, in `connection`,
-   * `maxRetriesPerRequest: 1`, so that a hand-off fails within a second while Redis is down instead
-   * of waiting for `timeout`.
+   * The queue the jobs go to, on Redis or on PostgreSQL (`createPostgresBackend`). Create it with
+   * `skipWaitingForReady: true` and, in `connection`, `maxRetriesPerRequest: 1` (on PostgreSQL,
+   * `connectionTimeoutMillis: 1000` and `query_timeout: 5000`), so that a hand-off fails within
+   * seconds while the server is down instead of waiting for `timeout`.
    */
   readonly queue: Pick<Queue, 'add' | 'addBulk'>;
   /**
@@ -45,7 +46,7 @@ export interface BullmqTransportOptions {
    */
   readonly jobOptions?: JobsOptions | undefined;
   /**
-   * Milliseconds to wait for Redis to store a job before the hand-off counts as failed; while
+   * Milliseconds to wait for BullMQ to store a job before the hand-off counts as failed; while
    * staging, also how long a response's end waits for it. A job stored later anyway is run by the
    * workers after a plain hand-off (so with `fallback: 'in-process'` its tasks may run twice), and
    * removed after a staging.
