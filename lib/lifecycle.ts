@@ -51,19 +51,25 @@ export function holdResponse(req: Request, res: Response): Hold {
   let heldBytes = 0;
   let refusedWrite = false;
   const connection = req.httpVersionMajor === 1 ? (req.socket as Socket | null) : null; // HTTP/2 shields its socket
+  let destroyDeferred = false; // from the first byte held: before it, a destroy() loses nothing
 
   const keep = (method: keyof typeof inner, args: unknown[], fromEnd: boolean): void => {
     if (!res.headersSent) fixHeaders(req, res, args, fromEnd);
     const first = held.length === 0;
     held.push([method, args]);
-    if (first) starting();
+    if (!first) return;
+    if (connection !== null && !res.destroyed) {
+      deferDestroy(connection);
+      destroyDeferred = true;
+    }
+    starting();
   };
   const write = function (this: Response, ...args: unknown[]): boolean {
     if (!holding) {
       started = true;
       return (inner.write as (...args: unknown[]) => boolean).apply(this, args);
     }
-    checkChunk(args[0], false);
+    checkChunk(args[0], args[1], false);
     keep('write', args, false);
     heldBytes += byteLength(args[0], args[1]);
     if (heldBytes < (res.writableHighWaterMark ?? 16_384)) return true;
@@ -75,7 +81,7 @@ export function holdResponse(req: Request, res: Response): Hold {
       started = true;
       return (inner.end as (...args: unknown[]) => Response).apply(this, args);
     }
-    checkChunk(args[0], true);
+    checkChunk(args[0], args[1], true);
     keep('end', args, true);
     return this;
   };
@@ -95,15 +101,17 @@ export function holdResponse(req: Request, res: Response): Hold {
       if (holding || started || res.headersSent || res.destroyed) return false;
       holding = true;
       starting = onStart;
-      if (connection !== null) deferDestroy(connection);
       return true;
     },
     release(send: boolean): void {
       if (!holding) return;
       holding = false; // the wrappers stay, passing through: others may have wrapped them since
       started = true;
+      const deferred = destroyDeferred ? connection : null;
+      destroyDeferred = false;
       if (!send) {
-        if (!abortConnection(connection)) res.destroy();
+        if (deferred === null) res.destroy();
+        else abortConnection(deferred);
         return;
       }
       if (!res.destroyed) {
@@ -115,7 +123,7 @@ export function holdResponse(req: Request, res: Response): Hold {
         }
         if (refusedWrite && res.writableNeedDrain === false) res.emit('drain');
       }
-      releaseDestroy(connection);
+      if (deferred !== null) releaseDestroy(deferred);
     },
   };
 }
@@ -177,16 +185,23 @@ export function watchEnd(res: Response, listener: EndListener): void {
 }
 
 /**
- * Throws, as Node's own `write()` and `end()` do, for a chunk they refuse; held, it would throw
- * only later, out of the handler's reach.
+ * Throws, as Node's own `write()` and `end()` do, for a chunk or an encoding they refuse; held, it
+ * would throw only later, out of the handler's reach. `end()` takes no chunk, or its callback in
+ * its place; `write()` always needs one.
  * @private
  */
-function checkChunk(chunk: unknown, fromEnd: boolean): void {
-  if (typeof chunk === 'string' || chunk instanceof Uint8Array || typeof chunk === 'function') return;
-  if (fromEnd ? !chunk : chunk === undefined) return;
-  const error = new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array, got ${describeError(chunk)}`);
-  (error as NodeJS.ErrnoException).code = chunk === null ? 'ERR_STREAM_NULL_VALUES' : 'ERR_INVALID_ARG_TYPE';
-  throw error;
+function checkChunk(chunk: unknown, encoding: unknown, fromEnd: boolean): void {
+  if (fromEnd && (!chunk || typeof chunk === 'function')) return;
+  if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) {
+    const error = new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array, got ${describeError(chunk)}`);
+    (error as NodeJS.ErrnoException).code = chunk === null ? 'ERR_STREAM_NULL_VALUES' : 'ERR_INVALID_ARG_TYPE';
+    throw error;
+  }
+  if (typeof encoding === 'string' && encoding !== '' && encoding !== 'buffer' && !Buffer.isEncoding(encoding)) {
+    const error = new TypeError(`Unknown encoding: ${encoding}`);
+    (error as NodeJS.ErrnoException).code = 'ERR_UNKNOWN_ENCODING';
+    throw error;
+  }
 }
 
 /**
@@ -260,26 +275,23 @@ function destroyUnlessHeld(this: Socket, error?: Error): Socket {
  * waited goes through, after what they wrote.
  * @private
  */
-function releaseDestroy(connection: Socket | null): void {
-  const record = connection === null ? undefined : heldConnections.get(connection);
-  if (record === undefined || --record.held > 0 || !record.destroyWaiting) return;
+function releaseDestroy(connection: Socket): void {
+  const record = heldConnections.get(connection) as HeldConnection; // deferred for this response
+  if (--record.held > 0 || !record.destroyWaiting) return;
   record.destroyWaiting = false;
-  record.destroy.call(connection as Socket);
+  record.destroy.call(connection);
 }
 
 /**
  * One held response of `connection` is not to be sent: destroys the connection at once, so that
  * its client knows the response failed (HTTP/1.0 included: no byte of it was sent).
- * @return whether there was such a connection
  * @private
  */
-function abortConnection(connection: Socket | null): boolean {
-  const record = connection === null ? undefined : heldConnections.get(connection);
-  if (record === undefined) return false;
+function abortConnection(connection: Socket): void {
+  const record = heldConnections.get(connection) as HeldConnection; // deferred for this response
   record.held--;
   record.destroyWaiting = false;
-  record.destroy.call(connection as Socket);
-  return true;
+  record.destroy.call(connection);
 }
 
 /**
