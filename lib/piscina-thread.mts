@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { definedName, type DefinedTask } from './definition.js';
-import { messageOf } from './errors.js';
+import { isPermanent, messageOf } from './errors.js';
 
 /**
  * What the main thread sends a thread for each task.
@@ -25,19 +25,36 @@ export interface ThreadTask {
 }
 
 /**
- * Runs one task: finds it by its name among the definitions the module exports (loaded once per
- * thread) and awaits it. What it returns stays in the thread.
- * @throws {Error} when the module cannot be loaded, exports no definitions, or none by that name;
- *   whatever the task throws
+ * What a thread resolves with when its task threw a `PermanentError`: a thrown error crosses to
+ * the main thread as a structured clone, which keeps its message and stack but not its class.
  * @internal
  */
-export async function runTask({ module, name, args }: ThreadTask): Promise<void> {
+export interface PermanentFailure {
+  readonly permanent: { readonly message: string; readonly stack: string | undefined };
+}
+
+/**
+ * Runs one task: finds it by its name among the definitions the module exports (loaded once per
+ * thread) and awaits it. What it returns stays in the thread.
+ * @return nothing, or a `PermanentFailure` when the task threw a `PermanentError`
+ * @throws {Error} when the module cannot be loaded, exports no definitions, or none by that name;
+ *   whatever else the task throws
+ * @internal
+ */
+export async function runTask({ module, name, args }: ThreadTask): Promise<PermanentFailure | undefined> {
   const tasks = await tasksOf(module);
   const task = tasks.get(name);
   if (task === undefined) {
     throw new Error(`Task ${name} is not exported by the tasks module ${module}, which exports ${[...tasks.keys()].join(', ')}: export its defineTask() definition there`);
   }
-  await task(...args);
+  try {
+    await task(...args);
+  } catch (error) {
+    if (!isPermanent(error)) throw error;
+    const { message, stack } = error as Error;
+    return { permanent: { message: String(message), stack: typeof stack === 'string' ? stack : undefined } };
+  }
+  return undefined;
 }
 
 /**

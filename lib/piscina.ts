@@ -8,9 +8,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { ResourceLimits, Worker, WorkerOptions } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { definedName, type DefinedTask } from './definition.js';
-import { describeError, invalid } from './errors.js';
+import { describeError, invalid, PermanentError } from './errors.js';
 import type { HandedOffTask, TaskRunner, TaskRunOptions } from './options.js';
-import type { ThreadTask } from './piscina-thread.mjs';
+import type { PermanentFailure, ThreadTask } from './piscina-thread.mjs';
 import { debug } from './task.js';
 
 /**
@@ -135,8 +135,13 @@ export function piscinaTransport(options: PiscinaTransportOptions): PiscinaTrans
     tasks: names,
     ready,
     pool,
-    run({ name, args }: HandedOffTask, { signal }: TaskRunOptions): Promise<unknown> {
-      return pool.run({ module, name, args } satisfies ThreadTask, { signal });
+    async run({ name, args }: HandedOffTask, { signal }: TaskRunOptions): Promise<void> {
+      const failure = (await pool.run({ module, name, args } satisfies ThreadTask, { signal })) as PermanentFailure | undefined;
+      if (failure === undefined) return;
+      // The thread's PermanentError, as itself again, so that the task is not retried.
+      const error = new PermanentError(failure.permanent.message);
+      if (failure.permanent.stack !== undefined) error.stack = failure.permanent.stack;
+      throw error;
     },
     close(): Promise<void> {
       // piscina starts threads up to `minThreads` whenever a thread it terminated before destroy()
