@@ -256,7 +256,7 @@ describe('piscinaTransport(): defined tasks on a pool of worker threads', () => 
     await tasks.drain();
     assert.deepEqual(errors.map(({ info }) => info.name), ['not-exported']);
     assert.equal((errors[0]?.error as Error).message, `Task not-exported is not exported by the tasks module ${filename.href}, which exports ` +
-      'burn-cpu, exhaust-memory, exit-thread, fail-in-thread, noop, runaway: export its defineTask() definition there');
+      'burn-cpu, exhaust-memory, exit-thread, fail-in-thread, flaky-in-thread, gone-in-thread, noop, runaway, runaway-once: export its defineTask() definition there');
   });
 
   for (const [mistake, module, message] of [
