@@ -274,8 +274,8 @@ async function runJob(job: Job<TasksJobData>, token: string | undefined, byName:
     if (failure === undefined) {
       succeeded.add(index);
     } else {
-      failures.push(toFailure(name, failure));
-      if (!isPermanentHere(failure)) continue;
+      failures.push(toFailure(name, failure.error));
+      if (!isPermanentHere(failure.error)) continue;
       permanentFailures++;
       permanent.add(index);
     }
@@ -293,11 +293,12 @@ async function runJob(job: Job<TasksJobData>, token: string | undefined, byName:
 /**
  * Runs one task of a job, and again after its backoff while its `retry` allows.
  * @param run - calls the task once
- * @return `undefined` once an attempt succeeded, otherwise what the last attempt threw
+ * @return `undefined` once an attempt succeeded, otherwise what the last attempt threw (which may
+ *   be `undefined` itself)
  * @throws {DelayedError} when the worker closed during a wait, once the job is back in the queue
  * @private
  */
-async function runWithRetries(job: Job, token: string | undefined, name: string, run: () => unknown, retry: Retry | undefined, closing: AbortSignal): Promise<unknown> {
+async function runWithRetries(job: Job, token: string | undefined, name: string, run: () => unknown, retry: Retry | undefined, closing: AbortSignal): Promise<{ error: unknown } | undefined> {
   for (let attempt = 1; ; attempt++) {
     try {
       debug('job %s: started %s%s', job.id, name, attempt === 1 ? '' : `, attempt ${attempt} of ${(retry as Retry).attempts}`);
@@ -308,7 +309,7 @@ async function runWithRetries(job: Job, token: string | undefined, name: string,
       const delayMs = isPermanentHere(error) ? undefined : retryDelay(retry, attempt, error);
       if (delayMs === undefined) {
         debug('job %s: failed %s%s', job.id, name, attempt === 1 ? '' : ` at attempt ${attempt}`);
-        return error;
+        return { error };
       }
       debug('job %s: failed %s, attempt %d of %d, retrying in %d ms', job.id, name, attempt, (retry as Retry).attempts, delayMs);
       const dueAt = Date.now() + delayMs;
