@@ -11,6 +11,7 @@ import { cpus } from 'node:os';
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import autocannon from 'autocannon';
+import { startPostgres } from '../spec/support/postgres.js';
 import { startRedis } from '../spec/support/redis.js';
 
 const quick = process.argv.includes('--quick');
@@ -32,6 +33,7 @@ const engines: Engine[] = [
       return typeof redis === 'string' ? redis : { url: `redis://${redis.host}:${redis.port}`, stop: () => redis.stop() };
     },
   },
+  { name: 'postgres', label: 'BullMQ on PostgreSQL', start: startPostgres },
 ];
 
 /** Servers measured in the same rounds, and the rows they give: `[subject, baseline, label]`. */

@@ -10,6 +10,7 @@ import { Queue } from 'bullmq';
 import express, { type RequestHandler } from 'express';
 import onFinished from 'on-finished';
 import { Piscina } from 'piscina';
+import { postgresQueue } from '../spec/support/postgres.js';
 
 type Library = typeof import('../lib/index.js');
 
@@ -67,7 +68,7 @@ async function handlersOf(id: string): Promise<RequestHandler[]> {
         next();
       }];
     case 'retry':
-      return [mounted({ retry: { attempts: 3, backoff: { type: 'exponential', delay: 100 } } } as never), adding(noop)];
+      return [mounted({ retry: { attempts: 3, backoff: { type: 'exponential', delay: 100 } } }), adding(noop)];
     case 'definedInProcess':
       return [mounted(), adding(definedNoop)];
     case 'staged': {
@@ -103,9 +104,10 @@ async function handlersOf(id: string): Promise<RequestHandler[]> {
 
 /** @return a BullMQ queue on the engine, set up to fail fast as the docs recommend */
 async function connectedQueue(): Promise<Queue> {
-  if (engine !== 'redis' || engineUrl === undefined) throw new Error(`no queue for engine ${String(engine)}`);
-  const { hostname, port } = new URL(engineUrl);
-  const queue = new Queue('bench', { connection: { host: hostname, port: Number(port), maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
+  const { hostname, port } = new URL(engineUrl ?? '');
+  const queue = engine === 'postgres'
+    ? postgresQueue(engineUrl ?? '', 'bench')
+    : new Queue('bench', { connection: { host: hostname, port: Number(port), maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
   await queue.waitUntilReady();
   return queue;
 }

@@ -157,8 +157,17 @@ const TRANSPORT_OPTION_NAMES = Object.keys({ queue: true, jobOptions: true, time
 export interface CreateWorkerOptions extends Omit<WorkerOptions, 'connection'> {
   /** The name of the queue given to `bullmqTransport()`. */
   readonly queueName: string;
-  /** Where Redis is, as BullMQ takes it. */
+  /**
+   * Where the queue's store is, as BullMQ takes it: Redis's host and port or client, or with
+   * `backend: createPostgresBackend`, PostgreSQL's pool options (`{ connectionString }`).
+   */
   readonly connection: ConnectionOptions;
+  /**
+   * BullMQ's backend factory for a queue that is not on Redis: `createPostgresBackend` (BullMQ 6)
+   * for one on PostgreSQL, the factory the queue given to `bullmqTransport()` was made with.
+   * @default BullMQ's default, Redis
+   */
+  readonly backend?: ((...args: never[]) => unknown) | undefined;
   /** The `defineTask()` definitions this worker runs; a job naming any other task fails. */
   readonly tasks: readonly DefinedTask[];
 }
@@ -183,19 +192,24 @@ export interface CreateWorkerOptions extends Omit<WorkerOptions, 'connection'> {
  * @param options - see `CreateWorkerOptions`
  * @return the BullMQ `Worker`, already running (unless `autorun: false`); `await worker.close()`
  *   to stop it
- * @throws {TypeError} when `queueName` is not a non-empty string, or `tasks` holds something other
- *   than a defined task, or one name twice
+ * @throws {TypeError} when `queueName` is not a non-empty string, `backend` not a function, or
+ *   `tasks` holds something other than a defined task, or one name twice
  * @example
  * const worker = createWorker({ queueName: 'tasks', connection, tasks: [sendConfirmationEmail] });
+ * // on PostgreSQL:
+ * createWorker({ queueName: 'tasks', connection: { connectionString }, backend: createPostgresBackend, tasks });
  * @public
  */
 export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData | BatchJobData> {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(invalid('options', 'an object', options));
   }
-  const { queueName, tasks, ...workerOptions } = options;
+  const { queueName, tasks, backend, ...workerOptions } = options;
   if (typeof queueName !== 'string' || queueName === '') {
     throw new TypeError(invalid('queueName', 'a non-empty string', queueName));
+  }
+  if (backend !== undefined && typeof backend !== 'function') {
+    throw new TypeError(invalid('backend', 'a BullMQ backend factory such as createPostgresBackend', backend));
   }
   if (!Array.isArray(tasks)) {
     throw new TypeError(invalid('tasks', 'an array of defineTask() definitions', tasks));
@@ -219,12 +233,12 @@ export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData 
     if (batch === undefined) return runJob(job as Job<TasksJobData>, token, byName, closing.signal);
     const { connection, prefix } = workerOptions;
     if (splitInto === undefined) {
-      splitInto = new Queue(queueName, prefix === undefined ? { connection } : { connection, prefix });
+      splitInto = new Queue(queueName, prefix === undefined ? { connection } : { connection, prefix }, backend as never);
       // Its connection's errors are the worker's: without a listener BullMQ writes them to stderr.
       splitInto.on('error', (error) => worker.emit('error', error));
     }
     return splitBatch(job, checkBatch(job, batch), splitInto);
-  }, workerOptions);
+  }, workerOptions, backend as never); // BullMQ 6's fourth argument, typed by the factory: Redis's when undefined
   const closeWorker = worker.close.bind(worker);
   worker.close = async (force?: boolean) => {
     closing.abort();
@@ -792,14 +806,14 @@ function indexesBefore(progress: unknown, which: keyof TasksJobProgress, count: 
 }
 
 /**
- * @param what - what Redis was asked to do, for the message: `store the job`…
+ * @param what - what BullMQ was asked to do, for the message: `store the job`…
  * @return `promise`, or a rejection once `ms` have passed without it settling
  * @private
  */
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`Redis did not ${what} within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new Error(`BullMQ did not ${what} within ${ms} ms`)), ms);
   });
   return Promise.race([promise, timedOut]).finally(() => clearTimeout(timer));
 }

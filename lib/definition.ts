@@ -1,3 +1,4 @@
+import { inspect, type InspectOptions, types } from 'node:util';
 import { invalid } from './errors.js';
 import { checkOptions, checkRetry, type Retry, type RetryOptions } from './options.js';
 import { keepSignalTaker } from './signal.js';
@@ -200,29 +201,22 @@ export function captureJsonArgs(name: string, args: readonly unknown[]): unknown
   const onPath = new Set<object>();
   while (frames.length > 0) {
     const frame = frames[frames.length - 1] as Frame;
-    if (frame.next === frame.length) {
-      // An array holds its items and `length`, nothing else (`args`, a rest parameter, always does).
-      if (frame.keys === undefined && frames.length > 1 && Object.keys(frame.source).length !== frame.length) {
-        throw refused(name, 'an array with named properties', frames, undefined);
-      }
-      frames.pop();
-      onPath.delete(frame.source);
+    // Copies the frame's values up to its first array or object, which is entered next.
+    const child = frame.keys === undefined ? copyItems(name, frames, frame) : copyProperties(name, frames, frame);
+    if (child !== undefined) {
+      if (onPath.has(child.source)) throw refused(name, 'a circular reference', frames, child.key);
+      const entered = enter(name, frames, child.key, child.source);
+      store(frame, child.key, entered.copy);
+      frames.push(entered);
+      onPath.add(child.source);
       continue;
     }
-    const key = frame.keys === undefined ? frame.next : frame.keys[frame.next] as string;
-    frame.next++;
-    const value = frames.length === 1 ? args[key as number] : ownValue(name, frames, key);
-    if (typeof value === 'object' && value !== null) {
-      if (onPath.has(value)) throw refused(name, 'a circular reference', frames, key);
-      const child = enter(name, frames, key, value);
-      store(frame, key, child.copy);
-      frames.push(child);
-      onPath.add(value);
-    } else {
-      const problem = primitiveProblem(value);
-      if (problem !== undefined) throw refused(name, problem, frames, key);
-      store(frame, key, value === 0 ? 0 : value); // JSON has no -0
+    // An array holds its items and `length`, nothing else (`args`, a rest parameter, always does).
+    if (frame.keys === undefined && frames.length > 1 && hasNamedProperties(frame)) {
+      throw refused(name, 'an array with named properties', frames, undefined);
     }
+    frames.pop();
+    onPath.delete(frame.source);
   }
   return captured;
 }
@@ -251,18 +245,97 @@ interface Frame {
 }
 
 /**
- * @return the value at `key` of the innermost frame's source
- * @throws {TypeError} at a hole, a getter or a non-enumerable property
+ * An array or object found in the innermost frame's source, to be entered.
  * @private
  */
-function ownValue(name: string, frames: readonly Frame[], key: string | number): unknown {
-  const { source, keys } = frames[frames.length - 1] as Frame;
-  if (keys === undefined) {
+interface Child {
+  readonly source: object;
+  readonly key: string | number;
+}
+
+/**
+ * Copies the items of an array frame, from `frame.next`, while they are JSON primitives.
+ * @return the first item that is an array or object (`frame.next` then points past it), or
+ *   `undefined` once every item has been copied
+ * @throws {TypeError} at a hole or a value JSON cannot carry
+ * @private
+ */
+function copyItems(name: string, frames: readonly Frame[], frame: Frame): Child | undefined {
+  const source = frame.source as unknown[];
+  const copy = frame.copy as unknown[];
+  const isArgs = frames.length === 1; // a rest parameter: no holes, nothing to read twice
+  for (let index = frame.next; index < frame.length; index++) {
+    if (!isArgs && !Object.hasOwn(source, index)) throw refused(name, 'a hole', frames, index);
     // Read as JSON.stringify reads an item (a getter on an index runs, once, here): a property
     // descriptor per item would cost V8's slow path.
-    if (!Object.hasOwn(source, key)) throw refused(name, 'a hole', frames, key);
-    return (source as unknown[])[key as number];
+    const value = source[index];
+    if (typeof value === 'object' && value !== null) {
+      frame.next = index + 1;
+      return { source: value, key: index };
+    }
+    const problem = primitiveProblem(value);
+    if (problem !== undefined) throw refused(name, problem, frames, index);
+    copy.push(value === 0 ? 0 : value); // JSON has no -0
   }
+  frame.next = frame.length;
+  return undefined;
+}
+
+/**
+ * Copies the properties of an object frame, from `frame.next`, while they are JSON primitives.
+ * @return the first value that is an array or object (`frame.next` then points past it), or
+ *   `undefined` once every property has been copied
+ * @throws {TypeError} at a getter, a non-enumerable property or a value JSON cannot carry
+ * @private
+ */
+function copyProperties(name: string, frames: readonly Frame[], frame: Frame): Child | undefined {
+  const keys = frame.keys as readonly string[];
+  for (let index = frame.next; index < frame.length; index++) {
+    const key = keys[index] as string;
+    const value = ownValue(name, frames, key);
+    if (typeof value === 'object' && value !== null) {
+      frame.next = index + 1;
+      return { source: value, key };
+    }
+    const problem = primitiveProblem(value);
+    if (problem !== undefined) throw refused(name, problem, frames, key);
+    store(frame, key, value === 0 ? 0 : value); // JSON has no -0
+  }
+  frame.next = frame.length;
+  return undefined;
+}
+
+/**
+ * Whether an array, its items copied, has keys besides them, as `Object.keys()` counts: its
+ * enumerable named properties do not make up for its items that are not enumerable. `Object.keys()`
+ * of a large array costs a string per item (a second for 5 million), so a large one is first
+ * asked with `util.inspect()`, which lists an array's enumerable named properties without its
+ * items. When it lists none, `Object.values()` counts the enumerable items as `Object.keys()` would,
+ * without a string per item (reading them again: a getter on an item runs a second time); any
+ * other answer (a named property, a format of another Node version) falls back to `Object.keys()`.
+ * A Proxy is always asked directly, as `inspect()` would read its target rather than its traps.
+ * @private
+ */
+function hasNamedProperties({ source, length }: Frame): boolean {
+  if (length >= INSPECTED_FROM && !types.isProxy(source) && inspect(source, NAMED_PROPERTIES_ONLY) === `[ ... ${length} more items ]`) {
+    return Object.values(source).length !== length;
+  }
+  return Object.keys(source).length !== length;
+}
+
+/** The length from which an array's named properties are looked for with `util.inspect()`. */
+const INSPECTED_FROM = 1024;
+
+/** `util.inspect()` options that show none of an array's items, and its other keys in brief. */
+const NAMED_PROPERTIES_ONLY: InspectOptions = { maxArrayLength: 0, depth: 0, maxStringLength: 0, breakLength: Infinity, customInspect: false, getters: false, showHidden: false, showProxy: false };
+
+/**
+ * @return the value of the property `key` of the innermost frame's source, an object
+ * @throws {TypeError} at a getter or a non-enumerable property
+ * @private
+ */
+function ownValue(name: string, frames: readonly Frame[], key: string): unknown {
+  const { source } = frames[frames.length - 1] as Frame;
   // Listed by getOwnPropertyNames(), so there (unless a Proxy lies: then it counts as non-enumerable).
   const descriptor: PropertyDescriptor = Object.getOwnPropertyDescriptor(source, key) ?? {};
   if (descriptor.get !== undefined || descriptor.set !== undefined) throw refused(name, 'a getter', frames, key);

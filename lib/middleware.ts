@@ -72,7 +72,7 @@ export function backgroundTasks(options?: BackgroundTasksOptions, ...mountedAs: 
 
   function backgroundTasksMiddleware(req: Request, res: Response, next: NextFunction): void {
     // Mounted twice (app and router): keep the first queue, so each task runs once.
-    if (res.locals.tasks === undefined) res.locals.tasks = new ResponseQueue(scheduler, req, res);
+    if (res.locals.tasks === undefined) attachQueue(res, new ResponseQueue(scheduler, req, res));
     else debug('res.locals.tasks already set: the first middleware mounted keeps this response');
     if (scheduler.closing && !res.headersSent) res.setHeader('Connection', 'close');
     next();
@@ -83,4 +83,14 @@ export function backgroundTasks(options?: BackgroundTasksOptions, ...mountedAs: 
     pending: { get: () => scheduler.pending, enumerable: true },
     close: { value: (closeOptions?: CloseOptions) => (closed ??= closeTasks(scheduler, closeOptions)) },
   });
+}
+
+/**
+ * Puts `queue` at `res.locals.tasks`, not enumerable: `res.json(res.locals)` and the locals of
+ * `res.render()` (which would shadow `app.locals.tasks`) are the app's alone. It stays writable,
+ * as any local is.
+ * @private
+ */
+function attachQueue(res: Response, queue: ResponseQueue): void {
+  Object.defineProperty(res.locals, 'tasks', { value: queue, enumerable: false, writable: true, configurable: true });
 }

@@ -44,7 +44,10 @@ export interface BackgroundTasksOptions {
   /**
    * Wraps each run of a task in this process: called with the task's info and a function that runs
    * it, and returns what that function returns. Whatever the task does then happens inside what
-   * `around` set up: the active span of a tracer, a child logger, a Sentry scope. Call `run` once.
+   * `around` set up: the active span of a tracer, a child logger, a Sentry scope. Call `run` once,
+   * before the task's `timeout`: a `run()` that comes after the task was given up on (its timeout,
+   * the `close()` deadline) does not start it and returns `undefined`; a second call returns
+   * `undefined` too, and fails the task if it comes before `around` has returned or settled.
    * A synchronous `around` keeps a synchronous task synchronous. What `around` throws or rejects
    * with is reported to `onError` as the task's failure.
    * @default none: tasks are called directly

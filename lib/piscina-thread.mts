@@ -8,8 +8,9 @@ import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { inspect } from 'node:util';
 import { definedName, type DefinedTask } from './definition.js';
-import { isPermanent, messageOf } from './errors.js';
+import { describeError, isPermanent, messageOf } from './errors.js';
 
 /**
  * What the main thread sends a thread for each task.
@@ -50,7 +51,7 @@ export async function runTask({ module, name, args }: ThreadTask): Promise<Perma
   try {
     await task(...args);
   } catch (error) {
-    if (!isPermanent(error)) throw error;
+    if (!isPermanent(error)) throw sendable(name, error);
     const { message, stack } = error as Error;
     return { permanent: { message: String(message), stack: typeof stack === 'string' ? stack : undefined } };
   }
@@ -64,6 +65,25 @@ export async function runTask({ module, name, args }: ThreadTask): Promise<Perma
  */
 export async function listTasks({ module }: Pick<ThreadTask, 'module'>): Promise<string[]> {
   return [...(await tasksOf(module)).keys()];
+}
+
+/**
+ * @return what a task threw, when the thread can send it back as it is (a structured clone), or
+ *   else an Error that says what it was: piscina takes a `null` or `undefined` error for none, and
+ *   what it cannot clone (a Symbol, a function, a Proxy, an object with a method) arrives as `{}`
+ */
+function sendable(name: string, thrown: unknown): unknown {
+  if (thrown !== null && thrown !== undefined) {
+    try {
+      structuredClone(thrown);
+      return thrown;
+    } catch {
+      // described below
+    }
+  }
+  // A function is shown by its name, as inspect() does, rather than by its source.
+  const shown = typeof thrown === 'function' ? inspect(thrown, { depth: 0 }) : describeError(thrown);
+  return new Error(`Task ${name} failed with ${shown}, not an Error`);
 }
 
 /** The definitions of each module this thread has loaded, by name. */

@@ -9,7 +9,7 @@ import type { ResourceLimits, Worker, WorkerOptions } from 'node:worker_threads'
 import { Piscina } from 'piscina';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid, PermanentError } from './errors.js';
-import type { HandedOffTask, TaskRunner, TaskRunOptions } from './options.js';
+import { checkOptions, type HandedOffTask, type TaskRunner, type TaskRunOptions } from './options.js';
 import type { PermanentFailure, ThreadTask } from './piscina-thread.mjs';
 import { debug } from './task.js';
 
@@ -100,8 +100,9 @@ export interface PiscinaPool {
  * and the pool starts another. The middleware's `close()` closes the pool.
  * @param options - see `PiscinaTransportOptions`
  * @return the transport, for `backgroundTasks({ transport })`
- * @throws {TypeError} when `filename` is not an absolute path or a file URL, or `tasks` holds
- *   something other than a defined task; piscina's own errors for its options
+ * @throws {TypeError} when `filename` is not an absolute path or a file URL, `tasks` holds
+ *   something other than a defined task, or an option is unknown (a misspelled one of piscina's
+ *   too); piscina's own errors for the values of its options
  * @example
  * // tasks.ts
  * export const makeThumbnail = defineTask('make-thumbnail', (id: string) => { ... });
@@ -110,9 +111,7 @@ export interface PiscinaPool {
  * @public
  */
 export function piscinaTransport(options: PiscinaTransportOptions): PiscinaTransport {
-  if (options === null || typeof options !== 'object') {
-    throw new TypeError(invalid('options', 'an object such as { filename: new URL(\'./tasks.js\', import.meta.url) }', options));
-  }
+  checkOptions('piscinaTransport()', options, OPTION_NAMES, "{ filename: new URL('./tasks.js', import.meta.url) }");
   const { filename, tasks, ...poolOptions } = options;
   const module = moduleUrl(filename);
   const names = tasks === undefined ? undefined : namesOf(tasks);
@@ -153,6 +152,34 @@ export function piscinaTransport(options: PiscinaTransportOptions): PiscinaTrans
     },
   };
 }
+
+/**
+ * The keys `piscinaTransport()` reads: its own, and piscina's pool options as piscina documents
+ * them; `satisfies` keeps the list in step with the interface.
+ */
+const OPTION_NAMES = Object.keys({
+  filename: true,
+  tasks: true,
+  minThreads: true,
+  maxThreads: true,
+  idleTimeout: true,
+  maxQueue: true,
+  concurrentTasksPerWorker: true,
+  atomics: true,
+  resourceLimits: true,
+  argv: true,
+  execArgv: true,
+  env: true,
+  workerData: true,
+  niceIncrement: true,
+  trackUnmanagedFds: true,
+  closeTimeout: true,
+  recordTiming: true,
+  workerHistogram: true,
+  stricterFIFO: true,
+  taskQueue: true,
+  loadBalancer: true,
+} satisfies Record<keyof PiscinaTransportOptions, true>);
 
 /**
  * @return `filename` as a `file:` URL string, the form the threads import

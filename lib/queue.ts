@@ -6,7 +6,7 @@ import { messageOf, ShutdownError } from './errors.js';
 import { HandOff } from './handoff.js';
 import type { Retry, Settings } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
-import { type Abandon, debug, report, reportInScope, runTask, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
+import { type Abandon, debug, report, reportInScope, runTask, settleCall, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
 
 /**
  * The queue at `res.locals.tasks`: functions to call after this response has been sent.
@@ -111,17 +111,19 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       refuseAfterClose(fn, this.#req, this.#res, this.#scheduler.settings);
       return this;
     }
+    // Everything that reads the function or the transport, and so can throw, before it counts.
+    const task = new Task(fn as (...args: never[]) => unknown, captured);
+    const { settings } = this.#scheduler;
+    task.retry = durableName === undefined ? settings.retry : retryOf(fn) ?? settings.retry;
+    const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
+    task.runner = transport?.kind === 'runner' ? transport : undefined;
     this.#scheduler.admit(fn);
     if (this.#pending++ === 0) {
       this.#scheduler.active.add(this);
       if (this.#scheduler.closing) this.closing();
       this.#settledForPlatform = keepPlatformAwake();
     }
-    const task = new Task(fn as (...args: never[]) => unknown, captured);
-    const { settings } = this.#scheduler;
-    task.retry = durableName === undefined ? settings.retry : retryOf(fn) ?? settings.retry;
-    const transport = durableName === undefined ? undefined : settings.transportFor(durableName);
-    if (transport !== undefined && transport.kind !== 'runner') {
+    if (transport !== undefined && task.runner === undefined) {
       if (this.#handOff === undefined) {
         this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
         // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
@@ -129,7 +131,6 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       }
       this.#handOff.add(task);
     } else {
-      task.runner = transport;
       this.#append(task);
       this.#size++;
       if (this.#phase === 'idle') {
@@ -425,7 +426,10 @@ function keepPlatformAwake(): (() => void) | undefined {
     const waitUntil = requestContext.get?.()?.waitUntil;
     if (typeof waitUntil !== 'function') return undefined;
     let settled!: () => void;
-    (waitUntil as (promise: Promise<void>) => unknown)(new Promise<void>((resolve) => (settled = resolve)));
+    const tasksSettled = new Promise<void>((resolve) => (settled = resolve));
+    // What it returns is observed too: a rejection of it must not go unhandled.
+    const failed = (error: unknown): void => debug('the platform waitUntil() failed: %s', messageOf(error));
+    void settleCall(() => (waitUntil as (promise: Promise<void>) => unknown)(tasksSettled), () => {}, failed);
     return settled;
   } catch (error) {
     debug('the platform request context failed: %s', messageOf(error));

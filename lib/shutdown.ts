@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
-import type { Server } from 'node:net';
+import { Server } from 'node:net';
 import { holdingAnEnd } from './handoff.js';
 import { checkOptions, checkTimeout, type TaskRunner } from './options.js';
 import type { Scheduler } from './scheduler.js';
@@ -59,9 +59,7 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
   checkOptions('close()', options, ['server', 'timeout'], '{ server, timeout: 10_000 }');
   const { server, timeout = 10_000 } = options;
   const timeoutMs = checkTimeout(timeout, true);
-  if (server !== undefined && typeof (server as Partial<Server> | null)?.close !== 'function') {
-    throw new TypeError(invalid('server', 'the http.Server that app.listen() returned', server));
-  }
+  if (server !== undefined) checkServer(server);
   scheduler.closing = true;
   for (const queue of scheduler.active) queue.closing();
   const settledBefore = scheduler.settledCount;
@@ -92,6 +90,21 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
     debug('closed: %o', summary);
     return summary;
   });
+}
+
+/**
+ * Checks the `server` option: a `net.Server`, as `app.listen()` returns one (http, https and http2
+ * servers are), since closing it relies on its events and connections.
+ * @throws {TypeError} otherwise; a short one, saying what to pass, for the Express app itself
+ * @private
+ */
+function checkServer(server: unknown): void {
+  if (server instanceof Server) return;
+  const expectation = 'the http.Server that app.listen() returned';
+  if (typeof server === 'function' && typeof (server as { listen?: unknown }).listen === 'function') {
+    throw new TypeError(`Expected \`server\` to be ${expectation}, got the Express app (function): pass const server = app.listen(port)`);
+  }
+  throw new TypeError(invalid('server', expectation, server));
 }
 
 /**

@@ -58,6 +58,11 @@ export class Task extends AsyncResource {
   retry: Retry | undefined = undefined;
   /** Which run this is, or was last, from 1. */
   attempt = 1;
+  /**
+   * Set once the queue has stopped waiting for its current attempt: it settled, failed, timed out
+   * or was given up on. A `run()` that `around` calls later starts nothing.
+   */
+  done = false;
   /** The function a task made by `withSignal()` wraps, looked up once. */
   readonly takesSignal: ((signal: AbortSignal, ...args: unknown[]) => unknown) | undefined;
 
@@ -126,6 +131,7 @@ export function taskName(fn: { name: string }): string {
  */
 export function runTask(task: Task, run: TaskRun): Abandon | undefined {
   const { settings } = run;
+  task.done = false; // a retry's attempt starts anew
   const plain = !run.traced && settings.around === undefined && task.runner === undefined && task.takesSignal === undefined;
   // A clock read costs as much as a sync task: a plain one is stamped only once it proves async.
   if (!plain || run.debugging) task.startedAt = performance.now();
@@ -137,11 +143,13 @@ export function runTask(task: Task, run: TaskRun): Abandon | undefined {
       ? task.runInAsyncScope(task.fn as (...args: unknown[]) => unknown, undefined, ...task.args)
       : task.runInAsyncScope(callTask, undefined, task, run, context);
     if (!isThenable(result)) {
+      task.done = true;
       if (run.debugging) finished(task);
       return undefined;
     }
     if (task.startedAt === 0) task.startedAt = performance.now();
   } catch (error) {
+    task.done = true;
     attemptFailed(task, error, run);
     return undefined;
   }
@@ -309,33 +317,47 @@ function callTask(task: Task, run: TaskRun, context: TaskTraceContext): unknown 
     task.controller = new AbortController();
     return takesSignal(task.controller.signal, ...task.args);
   };
-  const wrapped = around === undefined ? call : () => callAround(around, context, call);
+  const wrapped = around === undefined ? call : () => callAround(around, context, task, call);
   return run.traced ? taskTracing.traceSync(wrapped, context) : wrapped();
 }
 
 /**
- * Calls `around` with a `run` that runs the task once: a second call throws, and an `around` that
- * returns (or settles) without having called it fails the task, which would otherwise vanish.
+ * Calls `around` with a `run` that runs the task once, and only while the queue waits for it: a
+ * `run()` that comes once the attempt has settled or been given up on (its timeout, the `close()`
+ * deadline), or once another attempt has begun, starts nothing and returns `undefined`. So does a second call, which fails the task
+ * when it comes before `around` has returned or settled. An `around` that returns (or settles)
+ * without having called `run` fails the task, which would otherwise vanish. `run` never throws of
+ * its own: `around` may call it from a timer, where a throw would be uncaught.
  * @private
  */
-function callAround(around: (info: TaskInfo, run: () => unknown) => unknown, info: TaskInfo, call: () => unknown): unknown {
+function callAround(around: (info: TaskInfo, run: () => unknown) => unknown, info: TaskInfo, task: Task, call: () => unknown): unknown {
+  const { attempt } = task;
   let called = false;
+  let calledAgain: TypeError | undefined;
   const runOnce = (): unknown => {
-    if (called) throw new TypeError(`around called run() a second time for task ${info.name}: each task runs once`);
+    if (task.done || task.attempt !== attempt) {
+      debug('around called run() for task %s once it had settled or been given up on: it does not run', info.name);
+      return undefined;
+    }
+    if (called) {
+      calledAgain ??= new TypeError(`around called run() a second time for task ${info.name}: each task runs once`);
+      return undefined;
+    }
     called = true;
-    return call();
+    const returned = call();
+    // A promise that settles as `await` sees the task's value: an async `around` that returns it
+    // hands on its outcome, even from a native promise whose own `then` is shadowed, which the
+    // return of an async function would take for a plain value and leave rejecting unhandled.
+    return isThenable(returned) ? adopt(returned) : returned;
   };
-  const notRun = (): TypeError => new TypeError(`around returned without calling run() for task ${info.name}, so it did not run`);
+  const checked = (value: unknown): unknown => {
+    if (!called) throw new TypeError(`around returned without calling run() for task ${info.name}, so it did not run`);
+    if (calledAgain !== undefined) throw calledAgain;
+    return value;
+  };
   const result = around(info, runOnce);
-  if (isThenable(result)) {
-    return (async () => {
-      const value = await result;
-      if (!called) throw notRun();
-      return value;
-    })();
-  }
-  if (!called) throw notRun();
-  return result;
+  if (isThenable(result)) return (async () => checked(await result))();
+  return checked(result);
 }
 
 /**
@@ -346,18 +368,17 @@ function callAround(around: (info: TaskInfo, run: () => unknown) => unknown, inf
 function awaitTask(task: Task, promise: PromiseLike<unknown>, run: TaskRun, context: TaskTraceContext | undefined): Abandon {
   const { settings } = run;
   let timer: NodeJS.Timeout | undefined;
-  let done = false;
   const abandon = (error: Error): void => {
-    if (done) return;
+    if (task.done) return;
     task.controller?.abort(error); // before the report: the task learns it first
     finish(true, error, error instanceof TimeoutError); // a task given up on at shutdown is not retried
   };
   const finish = (failed: boolean, outcome: unknown, retryable = true): void => {
-    if (done) {
+    if (task.done) {
       debug('%s settled after it was given up on', taskName(task.fn));
       return;
     }
-    done = true;
+    task.done = true;
     if (timer !== undefined) clearTimeout(timer);
     // Subscribers and onError see the task's own async context, not the one that settled it.
     task.runInAsyncScope(() => {
@@ -441,6 +462,14 @@ async function whenSettled(
     return;
   }
   onFulfilled(outcome);
+}
+
+/**
+ * @return a native promise that settles as `await` sees `value`
+ * @private
+ */
+async function adopt(value: PromiseLike<unknown>): Promise<unknown> {
+  return await value;
 }
 
 /**

@@ -6,6 +6,7 @@ import { once } from 'node:events';
 import net, { type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import express from 'express';
+import fc from 'fast-check';
 import {
   backgroundTasks,
   defineTask,
@@ -16,7 +17,9 @@ import {
   type TaskStaging,
   type TaskTransport,
 } from '../lib/index.js';
+import { captureJsonArgs } from '../lib/definition.js';
 import { errorWithUnreadableMessage, revokedProxy } from './support/hostile.js';
+import { captureJsonArgsAsBefore } from './support/json-args-before.js';
 import { abortedRequest, deferred, delay, endLaterWithStatus, expressVersions, rawRequest, watchProcessFaults, withServer } from './support/http.js';
 
 /** A transport that keeps what it is sent; the sends settle when the spec calls `settle()`. */
@@ -1010,5 +1013,98 @@ describe('a transport with `staging`', () => {
       for (const error of reported) assert.ok(error instanceof HandOffError, label);
       assert.equal(tasks.pending, 0, label);
     }
+  });
+});
+
+describe('the JSON check and copy of defined-task arguments (fast-check)', () => {
+  /** Turns an array into one of the shapes JSON cannot carry as it is, or that a check reads twice. */
+  const reshapeArray = (items: unknown[], how: string): unknown[] => {
+    const array = [...items];
+    switch (how) {
+      case 'hole':
+        if (array.length === 0) array.length = 1;
+        else Reflect.deleteProperty(array, array.length >> 1);
+        return array;
+      case 'named property':
+        return Object.assign(array, { index: 0 });
+      case 'non-enumerable item':
+        return array.length === 0 ? array : Object.defineProperty(array, 0, { value: array[0], enumerable: false });
+      case 'non-enumerable item and a named property':
+        return array.length === 0 ? array : Object.assign(Object.defineProperty(array, 0, { value: array[0], enumerable: false }), { index: 0 });
+      case 'non-enumerable named property':
+        return Object.defineProperty(array, 'index', { value: 0, enumerable: false });
+      case 'item getter':
+        return array.length === 0 ? array : Object.defineProperty(array, 0, { get: () => 'read', enumerable: true });
+      case 'symbol key':
+        return Object.assign(array, { [Symbol('tag')]: true });
+      default:
+        return Object.setPrototypeOf(array, class Items extends Array {}.prototype) as unknown[];
+    }
+  };
+  /** Turns an object into one of the shapes JSON cannot carry as it is. */
+  const reshapeObject = (entries: Record<string, unknown>, how: string): object => {
+    const object = { ...entries };
+    switch (how) {
+      case 'getter':
+        return Object.defineProperty(object, 'total', { get: () => 1, enumerable: true });
+      case 'setter':
+        return Object.defineProperty(object, 'total', { set: () => {}, enumerable: true });
+      case 'non-enumerable property':
+        return Object.defineProperty(object, 'hidden', { value: 1, enumerable: false });
+      case 'symbol key':
+        return Object.assign(object, { [Symbol('key')]: 1 });
+      case 'null prototype':
+        return Object.assign(Object.create(null) as object, object);
+      default:
+        return Object.assign(new Date(0), object);
+    }
+  };
+  const circular: Record<string, unknown> = { id: 1 };
+  circular['self'] = { parent: circular };
+  const notJson = fc.constantFrom<unknown>(undefined, NaN, Infinity, -Infinity, 1n, Symbol('json'), () => {}, new Date(0), new Map(), new Uint8Array(2), circular, '2026-11-24'.match(/(\d+)-(\d+)/));
+  const { value } = fc.letrec<{ value: unknown; array: unknown[]; object: Record<string, unknown> }>((tie) => ({
+    value: fc.oneof(
+      { depthSize: 'small', withCrossShrink: true },
+      fc.oneof(fc.string(), fc.boolean(), fc.constant(null), fc.integer(), fc.double(), fc.constant(-0)),
+      tie('array'),
+      tie('object'),
+      fc.tuple(tie('array'), fc.constantFrom('hole', 'named property', 'non-enumerable item', 'non-enumerable item and a named property', 'non-enumerable named property', 'item getter', 'symbol key', 'subclass')).map(([items, how]) => reshapeArray(items, how)),
+      fc.tuple(tie('object'), fc.constantFrom('getter', 'setter', 'non-enumerable property', 'symbol key', 'null prototype', 'Date')).map(([entries, how]) => reshapeObject(entries, how)),
+      notJson,
+    ),
+    array: fc.array(tie('value'), { maxLength: 5 }),
+    object: fc.dictionary(fc.oneof(fc.string(), fc.constantFrom('__proto__', 'constructor', 'toJSON', '0', 'content-type')), tie('value'), { maxKeys: 5 }),
+  }));
+  /** What a check made of `args`: the copy as JSON, or the error's name and message. */
+  const outcome = (capture: (name: string, args: readonly unknown[]) => unknown[], args: unknown[]): string => {
+    try {
+      const copy = capture('store', args);
+      return `copied ${JSON.stringify(copy)}, keys ${JSON.stringify(copy, (_key, item: unknown) => (item !== null && typeof item === 'object' && !Array.isArray(item) ? Object.getOwnPropertyNames(item) : item))}`;
+    } catch (error) {
+      return `${(error as Error).name}: ${(error as Error).message}`;
+    }
+  };
+
+  it('accepts, copies and refuses exactly as the first implementation did, with the same messages', () => {
+    fc.assert(
+      fc.property(fc.array(value, { maxLength: 4 }), (args) => {
+        assert.equal(outcome(captureJsonArgs, args), outcome(captureJsonArgsAsBefore, args));
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+
+  it('accepts and refuses large arrays as the first implementation did', () => {
+    const large = (): unknown[] => Array.from({ length: 10_000 }, (_, index) => (index % 3 === 0 ? { id: index } : index));
+    const cases: unknown[][] = [
+      [large()],
+      [Object.assign(large(), { index: 0 })],
+      [Object.defineProperty(large(), 5, { value: 5, enumerable: false })],
+      [Object.assign(Object.defineProperty(large(), 5, { value: 5, enumerable: false }), { index: 0 })],
+      [Object.defineProperty(large(), 'index', { value: 0, enumerable: false })],
+      [new Proxy(Object.assign(large(), { index: 0 }), {})],
+      [new Proxy(large(), { ownKeys: (target) => [...Reflect.ownKeys(target), 'index'], getOwnPropertyDescriptor: (target, key) => (key === 'index' ? { value: 0, enumerable: true, configurable: true } : Reflect.getOwnPropertyDescriptor(target, key)) })],
+    ];
+    for (const args of cases) assert.equal(outcome(captureJsonArgs, args), outcome(captureJsonArgsAsBefore, args));
   });
 });

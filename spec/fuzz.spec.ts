@@ -1,7 +1,7 @@
 // Random programs against one real server: requests whose handlers queue tasks of every kind
 // (sync, async, throwing, rejecting, hanging, hostile returns, self-re-adding, failing a few times
 // then succeeding, failing permanently), at every moment (in the handler, after the end, later),
-// under random `timeout`, `concurrency`, `maxPending`, `runOn` and `retry`, some of whose clients
+// under random `timeout`, `concurrency`, `maxPending`, `runOn`, `retry` and `around`, some of whose clients
 // reset the connection before the response. fast-check shrinks a
 // failing program and prints its seed; re-run one with FUZZ_SEED=<seed>.
 import assert from 'node:assert/strict';
@@ -37,6 +37,8 @@ interface Program {
   readonly maxPending: number;
   readonly runOn: 'always' | 'success';
   readonly retry: RetryOptions | undefined;
+  /** An `around` that calls `run` at once, or after a turn of the event loop, or none. */
+  readonly around: 'none' | 'sync' | 'async';
   readonly requests: readonly RequestPlan[];
 }
 
@@ -52,6 +54,7 @@ const program: fc.Arbitrary<Program> = fc.record({
     }),
     { nil: undefined },
   ),
+  around: fc.constantFrom('none' as const, 'sync' as const, 'async' as const),
   requests: fc.array(
     fc.record({
       status: fc.constantFrom(200, 201, 404, 500),
@@ -133,7 +136,13 @@ class ProgramRun {
   constructor(plan: Program) {
     this.#plan = plan;
     const { timeout, concurrency, maxPending, runOn, retry } = plan;
-    this.middleware = backgroundTasks({ timeout, concurrency, maxPending, runOn, retry, onError: (_error, { name }) => this.#reported(name) });
+    const around = plan.around === 'none' ? undefined : plan.around === 'sync'
+      ? (_info: unknown, run: () => unknown) => run()
+      : async (_info: unknown, run: () => unknown) => {
+        await new Promise(setImmediate);
+        return run();
+      };
+    this.middleware = backgroundTasks({ timeout, concurrency, maxPending, runOn, retry, around, onError: (_error, { name }) => this.#reported(name) });
     const handlers = plan.requests.map(() => deferred());
     this.#handled = handlers.map(({ promise }) => promise);
     this.#handlersDone = handlers.map(({ resolve }) => resolve);

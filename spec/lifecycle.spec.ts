@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Agent } from 'node:http';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import { backgroundTasks, type TaskQueue } from '../lib/index.js';
 import { abortedRequest, deferred, delay, expressVersions, get, rawRequest, trackResponses, withServer } from './support/http.js';
@@ -375,3 +378,53 @@ describe('a response that queues nothing', () => {
     });
   });
 });
+
+for (const [label, createApp] of expressVersions) {
+  describe(`${label}: res.locals stays the app's`, () => {
+    it('res.locals should be empty by default (Express\'s own test, with the middleware mounted)', async () => {
+      const app = createApp();
+      app.use(backgroundTasks());
+      app.use((_req, res) => {
+        assert.deepEqual(Object.keys(res.locals), []);
+        res.end();
+      });
+      await withServer(app, async ({ url }) => {
+        assert.equal((await fetch(url)).status, 200);
+      });
+    });
+
+    it('keeps tasks out of res.json(res.locals) and out of the locals a view gets, and still takes tasks', async () => {
+      const views = await mkdtemp(path.join(os.tmpdir(), 'views-'));
+      await writeFile(path.join(views, 'page.txt'), '');
+      const ran: string[] = [];
+      const tasks = backgroundTasks();
+      const app = createApp();
+      app.engine('txt', (_file: string, options: object, done: (error: unknown, rendered?: string) => void) => {
+        done(null, `tasks local: ${String((options as { tasks?: unknown }).tasks)}`);
+      });
+      app.set('views', views);
+      (app.locals as Record<string, unknown>).tasks = 'the app\'s own';
+      app.use(tasks);
+      app.use(tasks); // mounted twice: the first queue stays
+      app.get('/json', (_req, res) => {
+        res.locals.tasks.add(() => ran.push('json'));
+        res.locals.user = 'ada';
+        res.json(res.locals);
+      });
+      app.get('/view', (_req, res) => {
+        res.locals.tasks.add(() => ran.push('view'));
+        res.render('page.txt');
+      });
+      try {
+        await withServer(app, async ({ url }) => {
+          assert.deepEqual(await (await fetch(`${url}/json`)).json(), { user: 'ada' });
+          assert.equal(await (await fetch(`${url}/view`)).text(), 'tasks local: the app\'s own');
+          await tasks.drain();
+        });
+      } finally {
+        await rm(views, { recursive: true });
+      }
+      assert.deepEqual(ran, ['json', 'view']);
+    });
+  });
+}

@@ -189,3 +189,41 @@ for (const [label, createApp] of expressVersions) {
     });
   });
 }
+
+describe('a task add() refuses is never counted', () => {
+  const [, createApp] = expressVersions[0] as (typeof expressVersions)[number];
+  const throwing = (): never => {
+    throw new Error('hostile getter');
+  };
+  const hostileFunctions: [label: string, make: () => () => void][] = [
+    ['a function whose withSignal() brand getter throws', () => Object.defineProperty(() => {}, Symbol.for('express-background-tasks.signalTaker'), { get: throwing })],
+    ['a Proxy of a function whose get trap throws for symbols', () => new Proxy(() => {}, { get: (target, key) => (typeof key === 'symbol' ? throwing() : Reflect.get(target, key)) })],
+    ['a Proxy of a defined task whose get trap throws for its retry', () => new Proxy(defineTask('hostile', () => {}), {
+      get: (target, key) => (key === Symbol.for('express-background-tasks.retry') ? throwing() : Reflect.get(target, key)),
+    })],
+  ];
+  for (const [label, make] of hostileFunctions) {
+    it(`${label}: add() throws, pending stays 0, drain() and close() find nothing pending`, async () => {
+      const tasks = backgroundTasks();
+      const app = createApp();
+      app.use(tasks);
+      const thrown: unknown[] = [];
+      app.get('/', (_req, res) => {
+        for (let attempt = 0; attempt < 3; attempt++) {
+          try {
+            res.locals.tasks.add(make());
+          } catch (error) {
+            thrown.push(error);
+          }
+        }
+        res.json({ pending: tasks.pending, size: res.locals.tasks.size });
+      });
+      await withServer(app, async ({ url }) => {
+        assert.deepEqual(await (await fetch(url)).json(), { pending: 0, size: 0 });
+      });
+      assert.equal(thrown.length, 3);
+      await tasks.drain();
+      assert.deepEqual(await tasks.close({ timeout: 100 }), { drained: true, settled: 0, abandoned: 0, pending: 0 });
+    });
+  }
+});

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { afterEach, describe, it } from 'node:test';
 import { backgroundTasks } from '../lib/index.js';
-import { deferred, expressVersions, withServer } from './support/http.js';
+import { deferred, expressVersions, watchProcessFaults, withServer } from './support/http.js';
 
 const REQUEST_CONTEXT = Symbol.for('@vercel/request-context');
 type WithRequestContext = typeof globalThis & { [REQUEST_CONTEXT]?: { get(): unknown } };
@@ -98,6 +98,49 @@ for (const [label, createApp] of expressVersions) {
           await tasks.drain();
         });
         assert.equal(ran, true);
+      }
+    });
+
+    it('contains a waitUntil that rejects, throws, or returns a thenable that throws: the tasks run, nothing is unhandled', async () => {
+      const hostileWaitUntils: Record<string, () => unknown> = {
+        rejects: () => Promise.reject(new Error('waitUntil rejected')),
+        throws: () => {
+          throw new Error('waitUntil threw');
+        },
+        'returns a thenable whose then throws': () => ({
+          then() {
+            throw new Error('then threw');
+          },
+        }),
+        'returns a thenable whose then getter throws': () => ({
+          get then(): never {
+            throw new Error('then getter threw');
+          },
+        }),
+      };
+      for (const [behaviour, waitUntil] of Object.entries(hostileWaitUntils)) {
+        (globalThis as WithRequestContext)[REQUEST_CONTEXT] = { get: () => ({ waitUntil }) };
+        const faults = watchProcessFaults();
+        try {
+          let ran = false;
+          const tasks = backgroundTasks();
+          const app = createApp();
+          app.use(tasks);
+          app.get('/', (_req, res) => {
+            res.locals.tasks.add(() => (ran = true));
+            res.send('ok');
+          });
+          await withServer(app, async ({ url }) => {
+            assert.equal((await fetch(url)).status, 200);
+            await tasks.drain();
+          });
+          await new Promise((resolve) => setImmediate(resolve)); // unhandled rejections are reported by now
+          assert.equal(ran, true, behaviour);
+          assert.equal(tasks.pending, 0, behaviour);
+          assert.deepEqual(faults.faults, [], behaviour);
+        } finally {
+          faults.stop();
+        }
       }
     });
   });

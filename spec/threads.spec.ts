@@ -14,7 +14,7 @@ import express from 'express';
 import { backgroundTasks, defineTask, PermanentError, ShutdownError, TimeoutError, type BackgroundTasksOptions, type CloseSummary, type TaskInfo, type TaskQueue } from '../lib/index.js';
 import { bullmqTransport, createWorker } from '../lib/bullmq.js';
 import { piscinaTransport, type PiscinaTransport, type PiscinaTransportOptions } from '../lib/piscina.js';
-import { burnCpu, exhaustMemory, exitThread, failInThread, flakyInThread, goneInThread, noop, runaway, runawayOnce } from './fixtures/pool-tasks.js';
+import { burnCpu, exhaustMemory, exitThread, failInThread, flakyInThread, goneInThread, noop, runaway, runawayOnce, throwValue } from './fixtures/pool-tasks.js';
 import { deferred, delay, withServer } from './support/http.js';
 import { startRedis, uniqueQueue, type Redis } from './support/redis.js';
 
@@ -256,7 +256,7 @@ describe('piscinaTransport(): defined tasks on a pool of worker threads', () => 
     await tasks.drain();
     assert.deepEqual(errors.map(({ info }) => info.name), ['not-exported']);
     assert.equal((errors[0]?.error as Error).message, `Task not-exported is not exported by the tasks module ${filename.href}, which exports ` +
-      'burn-cpu, exhaust-memory, exit-thread, fail-in-thread, flaky-in-thread, gone-in-thread, noop, runaway, runaway-once: export its defineTask() definition there');
+      'burn-cpu, exhaust-memory, exit-thread, fail-in-thread, flaky-in-thread, gone-in-thread, noop, runaway, runaway-once, throw-value: export its defineTask() definition there');
   });
 
   for (const [mistake, module, message] of [
@@ -531,6 +531,48 @@ describe('piscinaTransport() refuses bad options at once, with a TypeError', () 
       });
     });
   }
+});
+
+describe('piscinaTransport(): whatever a task throws in its thread', () => {
+  const thrown: [kind: string, message: string][] = [
+    ['null', 'Task throw-value failed with null, not an Error'],
+    ['undefined', 'Task throw-value failed with undefined, not an Error'],
+    ['symbol', 'Task throw-value failed with Symbol(boom), not an Error'],
+    ['function', 'Task throw-value failed with [Function: explode], not an Error'],
+    ['proxy', 'Task throw-value failed with { code: 7 }, not an Error'],
+    ['revoked proxy', 'Task throw-value failed with a thrown object that cannot be shown, not an Error'],
+    ['object with a method', 'Task throw-value failed with { code: 42, retry: [Function: retry] }, not an Error'],
+  ];
+  test('reaches onError as a failure that says what was thrown, and the next task runs', async () => {
+    const reported: [name: string, message: string, isError: boolean][] = [];
+    const ran: string[] = [];
+    const onError = (error: unknown, { name }: TaskInfo): void => void reported.push([name, error instanceof Error ? error.message : String(error), error instanceof Error]);
+    const tasks = backgroundTasks({ transport: await pool({ tasks: [throwValue] }), onError });
+    const app = express();
+    app.use(tasks);
+    app.get('/', (_req, res) => {
+      for (const [kind] of thrown) res.locals.tasks.add(throwValue, kind);
+      res.locals.tasks.add(function after() {
+        ran.push('after');
+      });
+      res.send('ok');
+    });
+    await withServer(app, async ({ url }) => {
+      await (await fetch(url)).text();
+      await tasks.drain();
+    });
+    assert.deepEqual(reported, thrown.map(([, message]) => ['throw-value', message, true]));
+    assert.deepEqual(ran, ['after']);
+  });
+});
+
+describe('piscinaTransport() options', () => {
+  test('refuses a misspelled option of the pool, naming it and the option it misspells', () => {
+    assert.throws(() => piscinaTransport({ filename, maxThread: 1 } as PiscinaTransportOptions), {
+      name: 'TypeError',
+      message: 'Expected `maxThread` to be an option of piscinaTransport() (did you mean `maxThreads`?), got `1` (number)',
+    });
+  });
 });
 
 /** A file in which pool tasks count their runs (each attempt may run on another thread). */

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { inspect } from 'node:util';
 import { runInNewContext } from 'node:vm';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { backgroundTasks, defineTask, QueueFullError, type BackgroundTasksOptions, type CloseOptions, withSignal } from '../lib/index.js';
 import { bullmqTransport, createWorker, type BullmqTransportOptions, type CreateWorkerOptions } from '../lib/bullmq.js';
 import { taskSpans, type TaskSpansOptions } from '../lib/otel.js';
+import { piscinaTransport, type PiscinaTransportOptions } from '../lib/piscina.js';
 import { expressVersions, withServer } from './support/http.js';
 
 describe('bad input is refused at once', () => {
@@ -73,6 +75,8 @@ describe('bad input is refused at once', () => {
     [{ timeout: 0 }, RangeError, 'Expected `timeout` to be a number of milliseconds from 1 to 2147483647, or Infinity, got `0` (number)'],
     [{ timout: 5000 }, TypeError, 'Expected `timout` to be an option of close() (did you mean `timeout`?), got `5000` (number)'],
     [{ server: 3000 }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `3000` (number)'],
+    [{ server: { close() {} } }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `{ close: [Function: close] }` (object)'],
+    [{ server: { close() {}, listening: true } }, TypeError, 'Expected `server` to be the http.Server that app.listen() returned, got `{ close: [Function: close], listening: true }` (object)'],
   ];
   for (const [options, ErrorClass, message] of invalidCloseOptions) {
     it(`close(${JSON.stringify(options)}) throws a ${ErrorClass.name} at once, and does not start closing`, () => {
@@ -85,6 +89,17 @@ describe('bad input is refused at once', () => {
     });
   }
 
+  for (const [label, createApp] of expressVersions) {
+    it(`${label}: close({ server: app }), the app instead of its server, throws a short TypeError saying what to pass`, () => {
+      const middleware = backgroundTasks();
+      const app = createApp();
+      assert.throws(() => middleware.close({ server: app as unknown as CloseOptions['server'] }), {
+        name: 'TypeError',
+        message: 'Expected `server` to be the http.Server that app.listen() returned, got the Express app (function): pass const server = app.listen(port)',
+      });
+    });
+  }
+
   // Each reads its options by destructuring, which finds inherited and non-enumerable keys too.
   const bullmqQueue = { add: async () => ({}), addBulk: async () => [] } as unknown as BullmqTransportOptions['queue'];
   const optionTakers: [owner: string, example: string, take: (options: unknown) => unknown, misspelled: string, meant: string, required?: object][] = [
@@ -92,10 +107,11 @@ describe('bad input is refused at once', () => {
     ['close()', '{ server, timeout: 10_000 }', (options) => backgroundTasks().close(options as CloseOptions), 'timout', 'timeout'],
     ['bullmqTransport()', '{ queue }', (options) => bullmqTransport(options as BullmqTransportOptions), 'jobOption', 'jobOptions', { queue: bullmqQueue }],
     ['taskSpans()', '{ newTrace: true }', (options) => taskSpans(options as TaskSpansOptions), 'newTrce', 'newTrace'],
+    ['piscinaTransport()', "{ filename: new URL('./tasks.js', import.meta.url) }", (options) => piscinaTransport(options as PiscinaTransportOptions), 'maxThread', 'maxThreads', { filename: '/srv/app/tasks.js' }],
   ];
   for (const [owner, example, take, misspelled, meant, required = {}] of optionTakers) {
     for (const [shape, options, shown] of [
-      ['an array', [required], `[ ${Object.keys(required).length === 0 ? '{}' : '{ queue: [Object] }'} ]`],
+      ['an array', [required], `[ ${Object.keys(required).length === 0 ? '{}' : inspect(required, { depth: 0 })} ]`],
       ['a Map', new Map(Object.entries({ ...required, [meant]: 1 })), 'Map('],
       ['a Date', new Date(0), '1970-01-01T00:00:00.000Z'],
     ] as const) {
@@ -291,6 +307,7 @@ describe('bad input is refused at once', () => {
   const invalidWorkers: [options: unknown, message: string][] = [
     [null, 'Expected `options` to be an object, got `null` (object)'],
     [{ queueName: '', connection, tasks: [greet] }, 'Expected `queueName` to be a non-empty string, got `` (string)'],
+    [{ queueName: 'tasks', connection, backend: 'postgres', tasks: [greet] }, 'Expected `backend` to be a BullMQ backend factory such as createPostgresBackend, got `postgres` (string)'],
     [{ queueName: 'tasks', connection, tasks: greet }, 'Expected `tasks` to be an array of defineTask() definitions, got `[Function: greet] { taskName: \'greet\' }` (function)'],
     [{ queueName: 'tasks', connection, tasks: [greet, function sendEmail() {}] }, 'Expected `tasks[1]` to be a task made by defineTask(), got `[Function: sendEmail]` (function)'],
     [{ queueName: 'tasks', connection, tasks: [greet, defineTask('greet', () => {})] }, 'Expected `tasks[1]` to be a task whose name no other task has, got `greet` (string)'],

@@ -88,44 +88,63 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** A TCP proxy to Redis on 127.0.0.1, whose connections can be cut (a network blip) and let through again. */
-export interface RedisProxy {
+/**
+ * A TCP proxy on 127.0.0.1 to a server the specs run against (Redis, PostgreSQL), whose connections
+ * can be cut or left hanging (a network blip, a partition) and let through again.
+ */
+export interface TcpProxy {
   readonly port: number;
-  /** Destroys every connection through it, and each new one until `restore()`. */
+  /** Destroys every connection through it, and each new one until `restore()`: refused at once. */
   cut(): void;
+  /** Stops passing bytes either way, and holds each new connection without an answer until `restore()`. */
+  hang(): void;
+  /** Destroys the connections left hanging, and lets new ones through. */
   restore(): void;
   close(): Promise<void>;
 }
 
-/** Starts a `RedisProxy` to `redis`. */
-export async function redisProxy(redis: Redis): Promise<RedisProxy> {
+/** Starts a `TcpProxy` to the server at `target`. */
+export async function tcpProxy(target: { readonly host: string; readonly port: number }): Promise<TcpProxy> {
   const sockets = new Set<net.Socket>();
-  let down = false;
+  let state: 'up' | 'cut' | 'hanging' = 'up';
   const server = net.createServer((client) => {
-    if (down) return void client.destroy();
-    const upstream = net.connect(redis.port, redis.host);
+    if (state === 'cut') return void client.destroy();
+    sockets.add(client);
+    client.on('error', () => client.destroy()).on('close', () => sockets.delete(client));
+    if (state === 'hanging') return;
+    const upstream = net.connect(target.port, target.host);
     const drop = (): void => {
       client.destroy();
       upstream.destroy();
-      sockets.delete(client);
       sockets.delete(upstream);
     };
-    sockets.add(client).add(upstream);
-    client.on('error', drop).on('close', drop).pipe(upstream);
+    sockets.add(upstream);
+    client.on('close', drop).pipe(upstream);
     upstream.on('error', drop).on('close', drop).pipe(client);
   }).listen(0, '127.0.0.1');
   await once(server, 'listening');
+  const destroyAll = (): void => {
+    for (const socket of sockets) socket.destroy();
+  };
   return {
     port: (server.address() as net.AddressInfo).port,
     cut() {
-      down = true;
-      for (const socket of sockets) socket.destroy();
+      state = 'cut';
+      destroyAll();
+    },
+    hang() {
+      state = 'hanging';
+      for (const socket of sockets) {
+        socket.unpipe();
+        socket.pause();
+      }
     },
     restore() {
-      down = false;
+      if (state === 'hanging') destroyAll();
+      state = 'up';
     },
     async close() {
-      for (const socket of sockets) socket.destroy();
+      destroyAll();
       server.close();
       await once(server, 'close');
     },
