@@ -95,9 +95,10 @@ export interface PiscinaPool {
 /**
  * Creates the transport that runs defined tasks on a pool of worker threads (piscina), off the
  * event loop that serves the requests. Each task runs in its turn in its response's queue, and the
- * middleware waits for it: its failure, or its `timeout`, is reported to `onError` as its own. A
- * task that times out, or that `close()` gives up on, is stopped for real: its thread is terminated
- * and the pool starts another. The middleware's `close()` closes the pool.
+ * middleware waits for it: its failure, or its `timeout`, is reported to `onError` as its own, or
+ * retried, each attempt on a thread, as its `retry` says (a `PermanentError` thrown on a thread
+ * stays one). A task that times out, or that `close()` gives up on, is stopped for real: its thread
+ * is terminated and the pool starts another. The middleware's `close()` closes the pool.
  * @param options - see `PiscinaTransportOptions`
  * @return the transport, for `backgroundTasks({ transport })`
  * @throws {TypeError} when `filename` is not an absolute path or a file URL, `tasks` holds
