@@ -1,6 +1,7 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { readdirSync } from 'node:fs';
-import { chown, mkdtemp, rm } from 'node:fs/promises';
+import { chown, mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -43,15 +44,23 @@ export async function startPostgres(): Promise<Postgres | string> {
   const user = process.getuid?.() === 0 ? await uidsOf('postgres') : undefined;
   if (user !== undefined) await chown(dir, user.uid, user.gid);
   const data = path.join(dir, 'data');
-  const pgCtl = (...args: string[]): Promise<unknown> => run(path.join(bin, 'pg_ctl'), ['--silent', '--pgdata', data, ...args], user ?? {});
+  const pgCtl = path.join(bin, 'pg_ctl');
   const port = await freePort();
   await run(path.join(bin, 'initdb'), ['--pgdata', data, '--auth', 'trust', '--username', 'postgres', '--no-sync', '--encoding', 'UTF8', '--locale', 'C'], user ?? {});
   // fsync off: a spec's server never outlives a crash, and staging waits for every commit.
-  await pgCtl('start', '--wait', '--log', path.join(dir, 'log'), '--options', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`);
+  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`;
+  await run(pgCtl, ['--silent', '--pgdata', data, 'start', '--wait', '--log', path.join(dir, 'log'), '--options', options], user ?? {});
+  // Stops the server and removes its files once its stdin closes: at stop(), or when this process
+  // ends, however it ends (a spec file that times out is killed, and its server must not outlive it).
+  const watchdog = spawn('sh', ['-c', 'read _; "$0" --silent --pgdata "$1" stop --wait --mode immediate; rm -rf "$2"', pgCtl, data, dir], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    ...user,
+  });
   const started = `postgres://postgres@127.0.0.1:${port}/postgres`;
   const stop = async (): Promise<void> => {
-    await pgCtl('stop', '--wait', '--mode', 'immediate').catch(() => {});
-    await rm(dir, { recursive: true, force: true });
+    if (watchdog.exitCode !== null || watchdog.signalCode !== null) return;
+    watchdog.stdin.end();
+    await once(watchdog, 'exit');
   };
   await migrate(started).catch(async (error: unknown) => {
     await stop();
