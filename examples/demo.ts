@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, Queue } from 'bullmq';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { backgroundTasks, defineTask } from '../lib/index.js';
-import { type BatchJobData, bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
+import { bullmqTransport, createWorker, type TasksJobData } from '../lib/bullmq.js';
 import { piscinaTransport } from '../lib/piscina.js';
 import { makeThumbnail } from './thumbnails.js';
 
@@ -204,8 +204,7 @@ function column(request: string): string {
  * A job as its tasks: `sendConfirmationEmail("1"), recordAnalytics("item_created","1")`. (Responses
  * that end in the same turn share a staged job, which the worker splits; here they come one by one.)
  */
-function describeJob(job: Job<TasksJobData | BatchJobData>): string {
-  if (!('tasks' in job.data)) return `the staged tasks of ${job.data.batch.length} responses`;
+function describeJob(job: Job<TasksJobData>): string {
   return job.data.tasks.map(({ name, args }) => `${name}(${args.map((arg) => JSON.stringify(arg)).join(',')})`).join(', ');
 }
 

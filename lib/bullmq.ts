@@ -4,8 +4,7 @@
  */
 
 import { randomUUID } from 'node:crypto';
-import type { Socket } from 'node:net';
-import { type ConnectionOptions, type Job, type JobsOptions, Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
+import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid } from './errors.js';
 import { checkOptions, checkTimeout, type HandedOffTask, type TaskStaging, type TaskTransport } from './options.js';
@@ -16,12 +15,6 @@ import { debug } from './task.js';
  * job would have Redis rewrite an ever larger progress object after every task.
  */
 const MAX_JOB_TASKS = 1000;
-/**
- * Milliseconds the responses released from a shared staged job wait for the others in it (still
- * being flushed) before they go in a job of their own. Responses that end in the same turn are
- * mostly flushed within a few turns of each other; only a slow client takes longer.
- */
-const SHARED_JOB_GRACE_MS = 100;
 /** The longest `failedReason` a worker has Redis store, in characters. */
 const MAX_REASON_LENGTH = 4096;
 /** The longest stack trace a worker has Redis store per attempt, in characters. */
@@ -87,22 +80,11 @@ export interface TasksJobData {
 }
 
 /**
- * What a staged job holds when several responses ended in the same turn of the event loop: their
- * tasks, one entry per response. A worker made by `createWorker()` adds one `TasksJobData` job per
- * entry, then completes this one.
- * @public
- */
-export interface BatchJobData {
-  /** The tasks of each response, in the order the responses ended. */
-  readonly batch: readonly TasksJobData[];
-}
-
-/**
  * Creates the transport that turns each response's defined tasks into one BullMQ job, which holds
  * them in order. Run the jobs with `createWorker()`. By default it stages: the tasks are stored in
  * a job delayed by `lease` before the response's end is let through, and released once the
- * response has been flushed. The responses whose ends are held in the same turn of the event loop
- * share one staged job (`BatchJobData`), which the worker splits into one job per response. A
+ * response has been flushed. The jobs of the responses that start in the same turn of the event
+ * loop are added in one `addBulk()`. A
  * hand-off of more than 1000 tasks is refused: each of them is reported as a `HandOffError`.
  * @param options - see `BullmqTransportOptions`
  * @return the transport, for `backgroundTasks({ transport })`
@@ -174,9 +156,7 @@ export interface CreateWorkerOptions extends Omit<WorkerOptions, 'connection'> {
 
 /**
  * Creates a BullMQ worker that runs the jobs of `bullmqTransport()`: the tasks of each job one
- * after another, in order. A staged job holding several responses (`BatchJobData`) is split into
- * one job per response, with the same job options, then completes. A failing task does not stop
- * the tasks behind it; the job then fails
+ * after another, in order. A failing task does not stop the tasks behind it; the job then fails
  * with that task's error (an `AggregateError` when several failed), and a retry runs only the
  * tasks that have not succeeded yet. A task name this worker does not know fails the job visibly,
  * and can be retried (by a newer worker, in a rolling deploy). A job that `bullmqTransport()` did not
@@ -194,7 +174,7 @@ export interface CreateWorkerOptions extends Omit<WorkerOptions, 'connection'> {
  * createWorker({ queueName: 'tasks', connection: { connectionString }, backend: createPostgresBackend, tasks });
  * @public
  */
-export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData | BatchJobData> {
+export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData> {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(invalid('options', 'an object', options));
   }
@@ -220,24 +200,8 @@ export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData 
     byName.set(name, task as DefinedTask);
   });
 
-  let splitInto: Queue | undefined; // made for the first batch: most workers never see one
-  const worker = new Worker<TasksJobData | BatchJobData>(queueName, (job) => {
-    const batch = (job.data as Partial<BatchJobData> | null)?.batch;
-    if (batch === undefined) return runJob(job as Job<TasksJobData>, byName);
-    const { connection, prefix } = workerOptions;
-    if (splitInto === undefined) {
-      splitInto = new Queue(queueName, prefix === undefined ? { connection } : { connection, prefix }, backend as never);
-      // Its connection's errors are the worker's: without a listener BullMQ writes them to stderr.
-      splitInto.on('error', (error) => worker.emit('error', error));
-    }
-    return splitBatch(job, checkBatch(job, batch), splitInto);
-  }, workerOptions, backend as never); // BullMQ 6's fourth argument, typed by the factory: Redis's when undefined
-  const closeWorker = worker.close.bind(worker);
-  worker.close = async (force?: boolean) => {
-    await closeWorker(force);
-    await splitInto?.close();
-  };
-  return worker;
+  // BullMQ 6's fourth argument, typed by the factory: Redis's when undefined.
+  return new Worker<TasksJobData>(queueName, (job) => runJob(job, byName), workerOptions, backend as never);
 }
 
 /**
@@ -294,35 +258,10 @@ function checkJob(job: Job<TasksJobData>): readonly HandedOffTask[] {
   if (!Array.isArray(tasks)) {
     throw new UnrecoverableError(clip(`${jobLabel(job)} holds no tasks: was it added by bullmqTransport()?`, MAX_REASON_LENGTH));
   }
+  const otherKey = Object.keys(job.data).find((key) => key !== 'tasks');
+  if (otherKey !== undefined) refuseMalformed(job, `Expected the job's data to hold only \`tasks\`, got \`${clip(otherKey, MAX_LISTED_LENGTH)}\` too`);
   refuseMalformed(job, findMalformed(tasks, 'tasks'));
   return tasks as HandedOffTask[];
-}
-
-/**
- * @return the batch's entries, once each has been checked to hold what `bullmqTransport()` puts there
- * @throws {UnrecoverableError} naming the first entry that does not
- * @private
- */
-function checkBatch(job: Job, batch: unknown): readonly TasksJobData[] {
-  refuseMalformed(job, findMalformedBatch(batch));
-  return batch as TasksJobData[];
-}
-
-/**
- * @return what is wrong with a batch: not an array, too long, or the first entry without a
- *   `tasks` array or with a malformed task
- * @private
- */
-function findMalformedBatch(batch: unknown): string | undefined {
-  if (!Array.isArray(batch)) return invalid('batch', 'an array of { tasks }', batch);
-  if (batch.length > MAX_JOB_TASKS) return `Expected \`batch\` to hold at most ${MAX_JOB_TASKS} responses, got ${batch.length}`;
-  for (const [index, entry] of batch.entries()) {
-    const tasks: unknown = (entry as Partial<TasksJobData> | null)?.tasks;
-    if (!Array.isArray(tasks)) return invalid(`batch[${index}].tasks`, 'an array of tasks', tasks);
-    const problem = findMalformed(tasks, `batch[${index}].tasks`);
-    if (problem !== undefined) return problem;
-  }
-  return undefined;
 }
 
 /**
@@ -343,21 +282,7 @@ function jobLabel(job: Job): string {
 }
 
 /**
- * Adds one job per entry of a staged batch, with the batch job's options. Their ids come from the
- * batch job's, so when this runs again (the worker died before the batch job completed), BullMQ
- * adds none of those it still holds.
- * @private
- */
-async function splitBatch(job: Job, batch: readonly TasksJobData[], queue: Queue): Promise<void> {
-  const jobOptions: JobsOptions = { ...job.opts };
-  delete jobOptions.delay; // the lease
-  delete jobOptions.jobId;
-  await queue.addBulk(batch.map((data, index) => ({ name: jobName(data.tasks), data, opts: { ...jobOptions, jobId: `${job.id}-${index}` } })));
-  debug('job %s: split into %d jobs, one per response', job.id, batch.length);
-}
-
-/**
- * @param path - where `tasks` are in the job's data, for the message: `tasks`, `batch[2].tasks`
+ * @param path - where the tasks are in the job's data, for the message
  * @return what is wrong with the first task that is not a `{ name, args }`, or with their number
  * @private
  */
@@ -375,14 +300,9 @@ function findMalformed(tasks: readonly unknown[], path: string): string | undefi
 }
 
 /**
- * The two-phase form of `bullmqTransport()`. The responses whose ends are held in the same turn of
- * the event loop are staged together, in one delayed job (or more, of at most 1000 tasks each),
- * all added in one `addBulk()`: BullMQ's cost is per job, and most of a staged response's cost
- * was its job. The job is promoted once every response in it has been released, and removed when
- * none has. When some are released while others still wait for their flush (a slow client), the
- * released ones go in a job of their own that runs at once, and the staged job keeps only the
- * rest; a discarded response is left out of what finally runs. The finishing Redis calls of one
- * turn are sent while the queue's connection is corked: one write to Redis, at the next turn.
+ * The two-phase form of `bullmqTransport()`: each response's tasks in one job, delayed by the
+ * lease; the jobs of the responses that start in the same turn of the event loop are added in one
+ * `addBulk()`. A release promotes the job, a discard removes it.
  * @param queue - where the jobs go
  * @param jobOptions - the user's job options
  * @param lease - the staged jobs' delay, ms
@@ -390,189 +310,29 @@ function findMalformed(tasks: readonly unknown[], path: string): string | undefi
  * @private
  */
 function stagingOf(queue: Pick<Queue, 'add' | 'addBulk'>, jobOptions: JobsOptions | undefined, lease: number, timeoutMs: number): TaskStaging {
-  const connection = connectionOf(queue);
   const stageTurn = perTurn<Later<readonly HandedOffTask[]>>((staged) => {
-    const batches = batchesOf(staged);
-    const jobs = batches.map(({ entries }) => ({ ...jobOf(entries), opts: { ...jobOptions, delay: lease, jobId: randomUUID() } }));
+    const jobs = staged.map(({ value: tasks }) => ({ name: jobName(tasks), data: { tasks } satisfies TasksJobData, opts: { ...jobOptions, delay: lease, jobId: randomUUID() } }));
     // Whatever a stand-in queue throws or resolves with ends as these stagings' failure.
     Promise.resolve()
       .then(() => queue.addBulk(jobs))
-      .then((stored) => batches.forEach((batch, index) => (batch.job = stored[index])))
+      .then((stored) => staged.map((_later, index) => stored[index]))
       .then(
-        () => batches.forEach((batch) => batch.entries.forEach((entry) => entry.later.resolve({ batch, entry } satisfies Receipt))),
-        (error: unknown) => staged.forEach((entry) => entry.reject(error)),
+        (stored) => staged.forEach((later, index) => later.resolve(stored[index])),
+        (error: unknown) => staged.forEach((later) => later.reject(error)),
       );
-  });
-  const finishTurn = perTurn<Finish>((finished) => {
-    corkForTurn(connection);
-    const touched = new Set<Batch>();
-    for (const call of finished) {
-      const { batch, entry } = call.value;
-      entry.state = call.release ? 'released' : 'discarded';
-      batch.waiting--;
-      batch.calls.push(call);
-      touched.add(batch);
-    }
-    for (const batch of touched) {
-      if (batch.waiting === 0) {
-        clearTimeout(batch.grace);
-        // After the jobs of released responses still being added: one that fails goes back in this one.
-        settleCalls(batch, () => batch.sending.then(() => finishBatch(batch)), timeoutMs);
-      } else if (batch.grace === undefined) {
-        batch.grace = setTimeout(() => {
-          batch.grace = undefined;
-          settleCalls(batch, () => sendReleased(queue, batch, jobOptions, timeoutMs), timeoutMs);
-        }, SHARED_JOB_GRACE_MS);
-      }
-    }
   });
   return {
     timeout: timeoutMs,
     stage(tasks: readonly HandedOffTask[]): Promise<unknown> {
       return refuseLongJob(tasks) ?? new Promise((resolve, reject) => stageTurn({ value: tasks, resolve, reject }));
     },
-    release(receipt: unknown): Promise<unknown> {
-      return new Promise((resolve, reject) => finishTurn({ value: receipt as Receipt, release: true, resolve, reject }));
+    release(job: unknown): Promise<unknown> {
+      return withTimeout(Promise.resolve().then(() => (job as Job).promote()), timeoutMs, 'promote the staged job');
     },
-    discard(receipt: unknown): Promise<unknown> {
-      return new Promise((resolve, reject) => finishTurn({ value: receipt as Receipt, release: false, resolve, reject }));
+    discard(job: unknown): Promise<unknown> {
+      return withTimeout(Promise.resolve().then(() => (job as Job).remove()), timeoutMs, 'remove the staged job');
     },
   };
-}
-
-/**
- * The responses staged in one job, and where each stands: `staged` (waiting for its release or
- * discard), `released`, `discarded`, or `sent` (released early, in a job of its own).
- * @private
- */
-interface Batch {
-  /** The staged job, once Redis has stored it. */
-  job: Job | undefined;
-  readonly entries: BatchEntry[];
-  /** How many entries are still `staged`. */
-  waiting: number;
-  /** The `release()` and `discard()` calls not settled yet. */
-  readonly calls: Finish[];
-  /** Set while released or discarded entries wait for the rest: when it fires, they stop waiting. */
-  grace: NodeJS.Timeout | undefined;
-  /** Settles once the jobs of entries sent on their own, and the updates after them, have settled. */
-  sending: Promise<unknown>;
-}
-
-/** A `release()` or `discard()` call. @private */
-type Finish = Later<Receipt> & { readonly release: boolean };
-
-/** One response's tasks in a `Batch`, and the call that staged them. @private */
-interface BatchEntry {
-  readonly later: Later<readonly HandedOffTask[]>;
-  state: 'staged' | 'released' | 'discarded' | 'sent';
-}
-
-/** What `stage()` resolves with, for `release()` or `discard()`: a response's place in its batch. @private */
-interface Receipt {
-  readonly batch: Batch;
-  readonly entry: BatchEntry;
-}
-
-/**
- * @return the staging calls of one turn, in batches of at most `MAX_JOB_TASKS` tasks in all (each
- *   call holds at most that many)
- * @private
- */
-function batchesOf(staged: readonly Later<readonly HandedOffTask[]>[]): Batch[] {
-  const batches: Batch[] = [];
-  let tasksInLast = Infinity;
-  for (const later of staged) {
-    const entry: BatchEntry = { later, state: 'staged' };
-    const last = batches.at(-1);
-    if (last === undefined || tasksInLast + later.value.length > MAX_JOB_TASKS) {
-      batches.push({ job: undefined, entries: [entry], waiting: 1, calls: [], grace: undefined, sending: Promise.resolve() });
-      tasksInLast = later.value.length;
-    } else {
-      last.entries.push(entry);
-      last.waiting++;
-      tasksInLast += later.value.length;
-    }
-  }
-  return batches;
-}
-
-/**
- * Once every response of a batch has been released or discarded: promotes its job, or removes it
- * when none was released; a job some of whose responses were discarded, or sent on their own, is
- * updated to hold the rest first.
- * @return the Redis calls' completion
- * @private
- */
-function finishBatch(batch: Batch): Promise<unknown> {
-  const job = batch.job as Job; // released or discarded only once stored
-  const toRun = batch.entries.filter((entry) => entry.state === 'released');
-  if (toRun.length === 0) return job.remove();
-  if (toRun.length === batch.entries.length) return job.promote(); // none was sent or discarded: never updated
-  // Sent on the same connection, so Redis updates the data before it promotes the job.
-  return Promise.all([job.updateData(jobOf(toRun).data), job.promote()]);
-}
-
-/**
- * Some responses of a batch have been released or discarded, and the others are still being
- * flushed after the grace: sends those released in a job of their own, which runs at once, and
- * leaves the staged job holding only the others, so that none waits for a slow client.
- * @param jobOptions - the user's job options, for the new job
- * @return the Redis calls' completion
- * @private
- */
-function sendReleased(queue: Pick<Queue, 'add'>, batch: Batch, jobOptions: JobsOptions | undefined, timeoutMs: number): Promise<unknown> {
-  const job = batch.job as Job;
-  const update = (): Promise<unknown> => {
-    const kept = batch.entries.filter((entry) => entry.state === 'staged' || entry.state === 'released');
-    return job.updateData(jobOf(kept).data);
-  };
-  const released = batch.entries.filter((entry) => entry.state === 'released');
-  let done: Promise<unknown>;
-  if (released.length === 0) {
-    done = update(); // only discarded ones: out of the staged job
-  } else {
-    for (const entry of released) entry.state = 'sent';
-    const { name, data } = jobOf(released);
-    const added = withTimeout(Promise.resolve().then(() => queue.add(name, data, { ...jobOptions, jobId: randomUUID() })), timeoutMs, 'add the job');
-    // The staged job lets go of them only once their own job is stored: a process that dies in
-    // between leaves them in both (to run twice), never in neither. Not added (as far as this
-    // process can tell), they stay in the staged job.
-    done = added.then(update, (error: unknown) => {
-      for (const entry of released) entry.state = 'released';
-      throw error;
-    });
-  }
-  batch.sending = Promise.all([batch.sending, done.catch(() => {})]);
-  return done;
-}
-
-/**
- * Runs `redisCalls`, then settles the batch's `release()` and `discard()` calls made so far with
- * its outcome, or with a timeout after `timeoutMs`.
- * @private
- */
-function settleCalls(batch: Batch, redisCalls: () => Promise<unknown>, timeoutMs: number): void {
-  const calls = batch.calls.splice(0);
-  // Whatever a stand-in queue's job throws ends as these calls' failure.
-  withTimeout(Promise.resolve().then(redisCalls), timeoutMs, 'release or remove the job').then(
-    () => calls.forEach((call) => call.resolve(undefined)),
-    (error: unknown) => calls.forEach((call) => call.reject(error)),
-  );
-}
-
-/**
- * @return the name and data of a job holding the tasks of `entries`: a `TasksJobData` for one
- *   response, a `BatchJobData` for several
- * @private
- */
-function jobOf(entries: readonly BatchEntry[]): { name: string; data: TasksJobData | BatchJobData } {
-  if (entries.length === 1) {
-    const tasks = (entries[0] as BatchEntry).later.value;
-    return { name: jobName(tasks), data: { tasks } };
-  }
-  const names = new Set(entries.flatMap((entry) => entry.later.value.map((task) => task.name)));
-  return { name: `${entries.length} responses: ${[...names].join(',')}`, data: { batch: entries.map((entry) => ({ tasks: entry.later.value })) } };
 }
 
 /**
@@ -603,42 +363,6 @@ function perTurn<T>(run: (items: T[]) => void): (item: T) => void {
 }
 
 /**
- * The ioredis client of a BullMQ queue, once connected: `getBackend().client` in BullMQ 6,
- * `client` in BullMQ 5. Only its socket is used, to cork it; without one (a Redis Cluster, a
- * stand-in queue), nothing is corked.
- * @private
- */
-function connectionOf(queue: object): { redis: { readonly stream?: Pick<Socket, 'cork' | 'uncork' | 'writable'> } | undefined } {
-  const connection: ReturnType<typeof connectionOf> = { redis: undefined };
-  const { getBackend, client } = queue as { getBackend?: () => { client?: unknown }; client?: unknown };
-  const connecting: unknown = typeof getBackend === 'function' ? getBackend.call(queue).client : client;
-  if (connecting instanceof Promise) connecting.then((redis: typeof connection.redis) => (connection.redis = redis), () => {});
-  return connection;
-}
-
-/**
- * Corks the queue's connection until the next turn. Whatever a stand-in queue's client throws
- * there leaves it uncorked: the release and removal calls must still go out, and settle.
- * @private
- */
-function corkForTurn(connection: ReturnType<typeof connectionOf>): void {
-  try {
-    const stream = connection.redis?.stream;
-    if (stream?.writable !== true) return;
-    stream.cork();
-    setImmediate(() => {
-      try {
-        stream.uncork();
-      } catch (error) {
-        debug('uncorking the queue\'s connection failed: %s', describeError(error));
-      }
-    });
-  } catch (error) {
-    debug('corking the queue\'s connection failed: %s', describeError(error));
-  }
-}
-
-/**
  * @return a rejection when `tasks` are more than a job holds
  * @private
  */
@@ -656,7 +380,7 @@ function jobName(tasks: readonly HandedOffTask[]): string {
 }
 
 /**
- * @param path - where the tasks are, for the message: `tasks`, `batch[2].tasks`
+ * @param path - where the tasks are, for the message
  * @return the message for a job of `count` tasks, more than a worker runs
  * @private
  */

@@ -1,6 +1,6 @@
-import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import { HandOffError, messageOf } from './errors.js';
+import type { Hold } from './lifecycle.js';
 import type { Settings, TaskStaging, TaskTransport } from './options.js';
 import { debug, handedOff, reportInScope, settleCall, type Task, taskName } from './task.js';
 
@@ -13,8 +13,8 @@ type Staging = 'none' | 'staging' | 'stored' | 'releasing' | 'over';
 
 /**
  * The defined tasks of one response on their way to the `transport`. With a two-phase transport,
- * the tasks queued when the handler ends the response are staged while the bytes of that end wait
- * here, then released once the response has been flushed, or discarded when `runOn: 'success'`
+ * the tasks queued before the response's first byte are staged while the response is held back
+ * from it, then released once the response has been flushed, or discarded when `runOn: 'success'`
  * refuses it. Tasks queued later, or with a one-phase transport, are sent once it has been flushed
  * and what was staged has been released (or its staging failed): never before the staged tasks.
  * Tasks the transport could not take are reported as `HandOffError`s and, with `fallback:
@@ -36,12 +36,15 @@ export class HandOff {
   #receipt: unknown = undefined;
   /** What to do with the staged tasks once stored: decided by the flush (or `runOn`) before they were. */
   #thenStaged: 'release' | 'discard' | undefined = undefined;
-  /** Whether the bytes of the response's end are held until the staging settles. */
+  /** The response's hold, with a two-phase transport. */
+  readonly #hold: Hold | undefined;
+  /** Whether the response is held back from its first byte until the staging settles. */
   #holding = false;
   /** Whether the response has been flushed and accepted: tasks queued from now on are sent, after any staging. */
   #sending = false;
 
-  constructor(settings: Settings, req: Request, res: Response, settle: (count: number) => void, runHere: (tasks: Task[]) => void) {
+  constructor(settings: Settings, req: Request, res: Response, hold: Hold | undefined, settle: (count: number) => void, runHere: (tasks: Task[]) => void) {
+    this.#hold = hold;
     this.#settings = settings;
     this.#req = req;
     this.#res = res;
@@ -54,32 +57,26 @@ export class HandOff {
     return this.#queued.length;
   }
 
-  /** Queues a defined task; once the response has been flushed, it goes off in a call of its own. */
+  /**
+   * Queues a defined task; once the response has been flushed, it goes off in a call of its own.
+   * With a two-phase transport, the first task queued before the response has started holds the
+   * response back from its first byte, when the tasks are staged.
+   */
   add(task: Task): void {
     if (this.#queued.push(task) === 1 && this.#sending) setImmediate(() => this.#send());
+    // Once the response has started, too late to hold it: sent after the flush.
+    if (this.#hold === undefined || this.#holding || this.#staging !== 'none' || this.#sending) return;
+    this.#holding = this.#hold.begin(() => this.#stage());
   }
 
   /**
-   * The handler is ending the response: with a two-phase transport and tasks to stage, hold the
-   * bytes the end is about to write.
-   */
-  ending(): void {
-    if (this.#settings.staging === undefined || this.#queued.length === 0 || this.#sending) return;
-    const connection = this.#req.socket as Socket | null; // null only for a request made up in a test
-    if (connection === null || this.#res.destroyed) return;
-    holdEnd(connection, this.#res);
-    this.#holding = true;
-  }
-
-  /**
-   * The handler's end has gone through: stage the tasks queued so far. A response `runOn:
-   * 'success'` will refuse stores nothing, and its end goes at once. After an early close the
+   * The response is about to send its first byte: stage the tasks queued so far. A response
+   * `runOn: 'success'` will refuse stores nothing, and goes at once. After an early close the
    * response counts as flushed already: its tasks are sent instead.
    */
-  ended(): void {
+  #stage(): void {
     const staging = this.#settings.staging;
-    if (staging === undefined || this.#queued.length === 0 || this.#sending) return;
-    if (this.#settings.runOn === 'success' && this.#res.statusCode >= 400) {
+    if (staging === undefined || this.#queued.length === 0 || this.#sending || (this.#settings.runOn === 'success' && this.#res.statusCode >= 400)) {
       this.#letEndThrough(true);
       return;
     }
@@ -249,11 +246,11 @@ export class HandOff {
     else this.#settle(tasks.length);
   }
 
-  /** Stops holding the bytes of the response's end: sends them, or aborts the response. */
+  /** Stops holding the response back: sends what it wrote, or aborts it. */
   #letEndThrough(send: boolean): void {
     if (!this.#holding) return;
     this.#holding = false;
-    letEndThrough(this.#req.socket, this.#res, send);
+    this.#hold?.release(send);
   }
 }
 
@@ -263,90 +260,4 @@ export class HandOff {
  */
 function names(tasks: readonly Task[]): string {
   return tasks.map((task) => taskName(task.fn)).join(', ');
-}
-
-/**
- * The responses of a connection whose end is held, each with the `write()` calls kept back, and the
- * connection's own `write`, which one wrapper per connection calls for everything else.
- * @private
- */
-interface Holds {
-  readonly write: Socket['write'];
-  readonly held: Map<Response, unknown[][]>;
-}
-
-/**
- * The connections that have had a response whose end was held. The wrapper of their `write` stays
- * once installed: taking it off again would change the socket's shape after each response, which
- * slows down every access Node's HTTP code makes to the socket.
- * @private
- */
-const holding = new WeakMap<Socket, Holds>();
-
-/** How many responses have their end held, across all connections. */
-let heldEnds = 0;
-
-/**
- * @return whether some response's end is held: its connection must not be closed as idle, which
- *   Node would, as its response counts as finished
- * @internal
- */
-export function holdingAnEnd(): boolean {
-  return heldEnds > 0;
-}
-
-/**
- * Keeps back what `res` writes to its connection from now on: the bytes of its `end()`, and of an
- * end that another wrapper of `res.end` (compression, a session store) writes later. `res.end()`
- * itself runs as Node runs it (headers sent, its callback called on `finish`), and `finish` comes
- * once the bytes have been written. A pipelined response that has no socket yet is caught when it
- * gets it; the responses before it on the connection write as usual.
- * @private
- */
-function holdEnd(connection: Socket, res: Response): void {
-  let holds = holding.get(connection);
-  if (holds === undefined) {
-    holds = { write: connection.write, held: new Map() };
-    holding.set(connection, holds);
-    connection.write = writeOrHold as Socket['write'];
-  }
-  holds.held.set(res, []);
-  heldEnds++;
-}
-
-/**
- * The `write` of a connection that has had a held response: keeps back what a held response writes.
- * @private
- */
-function writeOrHold(this: Socket, ...args: unknown[]): boolean {
-  const holds = holding.get(this) as Holds; // installed along with its entry, which stays
-  if (holds.held.size !== 0) {
-    for (const [res, held] of holds.held) {
-      if (res.socket === this) {
-        held.push(args);
-        return true;
-      }
-    }
-  }
-  return (holds.write as (...args: unknown[]) => boolean).apply(this, args);
-}
-
-/**
- * Writes what `res` was kept from writing, unless its connection has closed meanwhile; or, when
- * `send` is false, destroys the response, so that its client never receives it in full.
- * @private
- */
-function letEndThrough(connection: Socket, res: Response, send: boolean): void {
-  const holds = holding.get(connection) as Holds; // held by the caller
-  const held = holds.held.get(res) as unknown[][];
-  holds.held.delete(res);
-  heldEnds--;
-  if (!send) {
-    res.destroy();
-  } else if (!connection.destroyed && held.length > 0) {
-    // In one go, as end() itself writes them.
-    connection.cork();
-    for (const args of held) (holds.write as (...args: unknown[]) => boolean).apply(connection, args);
-    connection.uncork();
-  }
 }

@@ -20,11 +20,11 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
   /** Tasks queued or running, across all responses served by this middleware. */
   readonly pending: number;
   /**
-   * Shuts down for a process about to exit: every response served from now on carries
-   * `Connection: close`, so keep-alive clients move on; with `server`, it closes the server and
-   * waits for the requests in flight; pending tasks, and those those requests add, run until
-   * `timeout`; the rest are reported to `onError` as `ShutdownError`s (their signals aborted, those
-   * on a thread pool stopped). Then it closes the transports that run tasks (their threads). Tasks
+   * Shuts down for a process about to exit: with `server`, it closes the server, each keep-alive
+   * connection as soon as its last response has been flushed, and waits for the requests in
+   * flight; pending tasks, and the ones those requests add, run until `timeout`; the rest are
+   * reported to `onError` as `ShutdownError`s (their signals aborted, those on a thread pool
+   * stopped). Then it closes the transports that run tasks (their threads). Tasks
    * added after it resolved are reported, not run. Calling it again returns the same promise.
    * @param options - `server`: the HTTP server to close with the tasks (without it, close the
    *   server yourself first); `timeout`: ms for it all (default 10000)
@@ -74,7 +74,6 @@ export function backgroundTasks(options?: BackgroundTasksOptions, ...mountedAs: 
     // Mounted twice (app and router): keep the first queue, so each task runs once.
     if (res.locals.tasks === undefined) attachQueue(res, new ResponseQueue(scheduler, req, res));
     else debug('res.locals.tasks already set: the first middleware mounted keeps this response');
-    if (scheduler.closing && !res.headersSent) res.setHeader('Connection', 'close');
     next();
   }
 

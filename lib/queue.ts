@@ -1,9 +1,8 @@
-import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
-import onFinished from 'on-finished';
 import { captureJsonArgs, checkTaskFunction, definedName, retryOf } from './definition.js';
 import { messageOf, ShutdownError } from './errors.js';
 import { HandOff } from './handoff.js';
+import { type EndListener, type Hold, holdResponse, statusIsFinal, watchEnd, whenFlushed } from './lifecycle.js';
 import type { Retry, Settings } from './options.js';
 import type { ActiveQueue, Runnable, Scheduler } from './scheduler.js';
 import { type Abandon, debug, report, reportInScope, runTask, settleCall, Task, taskInfo, taskName, type TaskRun, taskTracing } from './task.js';
@@ -69,11 +68,11 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
   #lastOfTurn: Task | undefined = undefined;
   /** Whether the async task now running is the last of its turn. */
   #turnEnding = false;
+  /** With a two-phase transport, what holds the response back from its first byte. */
+  readonly #hold: Hold | undefined = undefined;
   /** The defined tasks on their way to the transport; made by the first. */
   #handOff: HandOff | undefined = undefined;
   #onSettled: (() => void) | undefined = undefined;
-  /** Whether `res.end` is watched, for staging or for the status of `runOn: 'success'`. */
-  #watchingEnd = false;
   /** In `awaiting-end`, the timer that stops waiting for the handler's end. */
   #endTimer: NodeJS.Timeout | undefined = undefined;
   /** Tasks of this response queued, running or being handed off. */
@@ -92,6 +91,8 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     this.#scheduler = scheduler;
     this.#req = req;
     this.#res = res;
+    // Before the middleware mounted later wraps res.end: this response may be held for a staging.
+    if (scheduler.settings.staging !== undefined) this.#hold = holdResponse(req, res);
   }
 
   get size(): number {
@@ -120,15 +121,10 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     this.#scheduler.admit(fn);
     if (this.#pending++ === 0) {
       this.#scheduler.active.add(this);
-      if (this.#scheduler.closing) this.closing();
       this.#settledForPlatform = keepPlatformAwake();
     }
     if (transport !== undefined && task.runner === undefined) {
-      if (this.#handOff === undefined) {
-        this.#handOff = new HandOff(settings, this.#req, this.#res, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
-        // Staged when the handler ends the response, so watch for it; added after the end, sent after the flush.
-        if (settings.staging !== undefined && !this.#res.writableEnded) this.#watchEnd();
-      }
+      this.#handOff ??= new HandOff(settings, this.#req, this.#res, this.#hold, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
       this.#handOff.add(task);
     } else {
       this.#append(task);
@@ -148,25 +144,12 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
     return this;
   }
 
-  /** The handler is calling `res.end()`: its defined tasks are about to be staged. */
-  ending(): void {
-    this.#handOff?.ending();
-  }
-
-  /** The handler's `res.end()` has gone through: stage its defined tasks; decide on its status if its client left. */
+  /** The handler's `res.end()` has gone through, its client gone: decide on its status. */
   ended(): void {
-    this.#handOff?.ended();
     if (this.#phase === 'awaiting-end') {
       clearTimeout(this.#endTimer);
       setImmediate(() => this.#start()); // not inside the handler's end(): the handler goes on first
     }
-  }
-
-  /**
-   * At the start of `close()`: a response not sent yet tells its client to close the connection.
-   */
-  closing(): void {
-    if (!this.#res.headersSent) this.#res.setHeader('Connection', 'close');
   }
 
   /**
@@ -178,6 +161,12 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    */
   abandon(deadlineMs: number): number {
     const { settings } = this.#scheduler;
+    if (settings.runOn === 'success' && !statusIsFinal(this.#res) && this.#running === undefined) {
+      // No status says the request succeeded: dropped, as its tasks would be at the end of the wait.
+      clearTimeout(this.#endTimer);
+      this.#drop(`the handler had not ended the response at the close() deadline, ${deadlineMs} ms after close()`);
+      return 0;
+    }
     const retrying = this.#retrying;
     if (retrying !== undefined) {
       clearTimeout(this.#retryTimer);
@@ -310,18 +299,11 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       // Decide on the status the handler sends, not the 200 a client that left early would leave
       // behind. Once the headers are out, or end() called, the status can no longer change.
       this.#phase = 'awaiting-end';
-      this.#watchEnd();
+      watchEnd(this.#res, this);
       this.#endTimer = setTimeout(() => this.#start(), END_WAIT_MS).unref();
       return;
     }
     this.#start();
-  }
-
-  /** Has `ending()` and `ended()` called as the handler ends the response. */
-  #watchEnd(): void {
-    if (this.#watchingEnd) return;
-    this.#watchingEnd = true;
-    watchEnd(this.#res, this);
   }
 
   /**
@@ -330,13 +312,9 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    */
   #start(): void {
     if (this.#scheduler.settings.runOn === 'success' && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
-      if (statusIsFinal(this.#res)) debug('dropped %d task(s): response status %d', this.size, this.#res.statusCode);
-      else debug('dropped %d task(s): the handler did not end the response within %d ms of its client leaving', this.size, END_WAIT_MS);
-      this.#settle(this.#size);
-      this.#head = this.#tail = undefined;
-      this.#size = 0;
-      this.#phase = 'dropped';
-      this.#handOff?.drop();
+      this.#drop(statusIsFinal(this.#res)
+        ? `response status ${this.#res.statusCode}`
+        : `the handler did not end the response within ${END_WAIT_MS} ms of its client leaving`);
       return;
     }
     this.#handOff?.flushed();
@@ -346,6 +324,16 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       this.#phase = 'active';
       this.#startTurn();
     }
+  }
+
+  /** `runOn: 'success'` refuses the response: its tasks are dropped, unreported. */
+  #drop(reason: string): void {
+    debug('dropped %d task(s): %s', this.size, reason);
+    this.#settle(this.#size);
+    this.#head = this.#tail = undefined;
+    this.#size = 0;
+    this.#phase = 'dropped';
+    this.#handOff?.drop();
   }
 
   /** Counts `count` of this response's tasks settled; a queue with none pending leaves the active set. */
@@ -439,124 +427,3 @@ function keepPlatformAwake(): (() => void) | undefined {
 
 /** Where Vercel's runtime puts the request context (`@vercel/functions` reads it from there). */
 const REQUEST_CONTEXT = Symbol.for('@vercel/request-context');
-
-/**
- * Calls `callback` once every byte of `res` has been handed to the OS, or its connection closed.
- * on-finished counts a response as finished as soon as `res.end()` was called, so a task queued
- * after `res.json()` would start while a slow client is still reading; for that case wait for
- * the response's `close`, which Node emits after `finish` or when the connection drops.
- * @private
- */
-function whenFlushed(res: Response, callback: () => void): void {
-  if (res.writableFinished || res.destroyed) {
-    setImmediate(callback);
-    return;
-  }
-  if (res.socket === null) callback = orOnConnectionClose(res, callback);
-  if (!res.writableEnded) onFinished(res, callback);
-  else res.once('close', callback);
-}
-
-/**
- * @return whether the response's status can no longer change: its headers are out, or the handler
- *   has ended it (on a destroyed connection, `end()` sends no headers)
- * @private
- */
-function statusIsFinal(res: Response): boolean {
-  return res.headersSent || res.writableEnded;
-}
-
-/**
- * What watches the handler's end of a response.
- * @private
- */
-interface EndListener {
-  /** Called as the handler calls `res.end()`, before the end goes through. */
-  ending(): void;
-  /** Called once it has gone through, or thrown. */
-  ended(): void;
-}
-
-/**
- * Has `listener` called around the handler's `res.end()` (called directly or through `send`,
- * `json`, `redirect`…). Only the first end is watched; `res.end` is then put back.
- * @private
- */
-function watchEnd(res: Response, listener: EndListener): void {
-  const end = res.end;
-  let watching = true;
-  const watchedEnd = function (this: Response, ...args: Parameters<Response['end']>): Response {
-    if (!watching) return end.apply(this, args); // a reference kept by another wrapper of res.end
-    watching = false;
-    if (res.end === watchedEnd) res.end = end;
-    listener.ending();
-    try {
-      return end.apply(this, args);
-    } finally {
-      listener.ended();
-    }
-  } as Response['end'];
-  res.end = watchedEnd;
-}
-
-/**
- * A pipelined response waits for the responses before it to release the socket. If the client
- * goes away meanwhile, Node never gives it the socket nor emits its `close`: only the
- * connection's `close` tells. Wraps `callback` to run once, on whichever comes first.
- * @private
- */
-function orOnConnectionClose(res: Response, callback: () => void): () => void {
-  const connection = res.req.socket;
-  let called = false;
-  const once = (): void => {
-    if (called) return;
-    called = true;
-    forgetCloseWaiter(connection, once);
-    callback();
-  };
-  if (connection.destroyed) setImmediate(once);
-  else addCloseWaiter(connection, once);
-  return once;
-}
-
-/**
- * The callbacks waiting for each connection's `close`: one listener per connection, however many
- * pipelined responses wait on it, so no client can make it warn of a leak.
- * @private
- */
-const closeWaiters = new WeakMap<Socket, Set<() => void>>();
-
-/**
- * Calls `waiter` when `connection` closes.
- * @private
- */
-function addCloseWaiter(connection: Socket, waiter: () => void): void {
-  let waiters = closeWaiters.get(connection);
-  if (waiters === undefined) {
-    waiters = new Set();
-    closeWaiters.set(connection, waiters);
-    connection.once('close', runCloseWaiters);
-  }
-  waiters.add(waiter);
-}
-
-/**
- * Stops waiting for `connection` to close; the last waiter removes the listener.
- * @private
- */
-function forgetCloseWaiter(connection: Socket, waiter: () => void): void {
-  const waiters = closeWaiters.get(connection);
-  if (waiters === undefined || !waiters.delete(waiter) || waiters.size !== 0) return;
-  closeWaiters.delete(connection);
-  connection.removeListener('close', runCloseWaiters);
-}
-
-/**
- * The one `close` listener of a connection with waiters.
- * @private
- */
-function runCloseWaiters(this: Socket): void {
-  const waiters = closeWaiters.get(this);
-  closeWaiters.delete(this);
-  if (waiters !== undefined) for (const waiter of waiters) waiter();
-}

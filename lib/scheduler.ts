@@ -18,8 +18,6 @@ export interface Runnable {
  * @internal
  */
 export interface ActiveQueue {
-  /** Asks the response, if not sent yet, to close its connection. */
-  closing(): void;
   /**
    * Reports the queue's tasks as abandoned and stops waiting for them.
    * @param deadlineMs - how long `close()` waited, for the reports
@@ -40,8 +38,6 @@ export class Scheduler {
   settledCount = 0;
   /** The queues with a pending task. */
   readonly active = new Set<ActiveQueue>();
-  /** Set by `close()`: responses served from then on close their connections. */
-  closing = false;
   /** Set once `close()` has drained or reached its deadline: tasks added later are reported, not run, and no queue starts. */
   closed = false;
   readonly settings: Settings;

@@ -1,7 +1,6 @@
 import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
 import { Server } from 'node:net';
-import { holdingAnEnd } from './handoff.js';
 import { checkOptions, checkTimeout, type TaskRunner } from './options.js';
 import type { Scheduler } from './scheduler.js';
 import { debug, settleCall, withDeadline } from './task.js';
@@ -13,8 +12,9 @@ import { describeError, invalid } from './errors.js';
  */
 export interface CloseOptions {
   /**
-   * The server to close with the tasks: `close()` then stops it accepting connections, closes its
-   * idle keep-alive connections, and waits (within `timeout`) for the requests in flight, whose
+   * The server to close with the tasks: `close()` then stops it accepting connections, closes each
+   * keep-alive connection as soon as its last response has been flushed (never cutting a response,
+   * pipelined ones and slow readers included), and waits (within `timeout`) for the requests in flight, whose
    * handlers may still add tasks, before it waits for the tasks. Without it, close the server
    * yourself first (`server.close()`, terminus, http-terminator), and call `close()` once the
    * requests in flight are done.
@@ -49,9 +49,8 @@ export interface CloseSummary {
 }
 
 /**
- * Shuts down one middleware instance's tasks: from now on every response it serves carries
- * `Connection: close`, pending tasks (and tasks the requests in flight add) run up to the
- * deadline, and the rest are reported.
+ * Shuts down one middleware instance's tasks: pending tasks (and tasks the requests in flight
+ * add) run up to the deadline, and the rest are reported.
  * @internal
  */
 export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefined): Promise<CloseSummary> {
@@ -60,8 +59,6 @@ export function closeTasks(scheduler: Scheduler, options: CloseOptions | undefin
   const { server, timeout = 10_000 } = options;
   const timeoutMs = checkTimeout(timeout, true);
   if (server !== undefined) checkServer(server);
-  scheduler.closing = true;
-  for (const queue of scheduler.active) queue.closing();
   const settledBefore = scheduler.settledCount;
   debug('closing: %d task(s) pending, deadline in %d ms', scheduler.pending, timeoutMs);
   const drained = (async (): Promise<true> => {
@@ -136,26 +133,15 @@ function closeRunner(runner: TaskRunner): Promise<void> {
  */
 async function closeServer(server: Server): Promise<void> {
   const closed = once(server, 'close');
-  if (server.listening) server.close();
+  if (server.listening) server.close(); // closes the connections idle now
   else if ((await connectionsOf(server)) === 0) return; // closed already, and every connection gone
-  // A response in flight at close() that queued no task still says keep-alive; its connection
-  // goes idle once it is sent, and would stay open for `keepAliveTimeout`. Close such connections
-  // as they go idle.
-  // A connection whose response's end is held for staging looks idle to Node: wait for the hold.
-  const closeIdle = (): void => {
-    if (!holdingAnEnd()) (server as Partial<HttpServer>).closeIdleConnections?.();
-  };
-  closeIdle();
-  const poll = setInterval(closeIdle, IDLE_POLL_MS).unref();
-  try {
-    await closed;
-  } finally {
-    clearInterval(poll);
-  }
+  // Every other keep-alive connection then closes once idle for `keepAliveTimeout`: at once, so.
+  // Node starts that timer only once the connection's last response has been flushed, pipelined
+  // ones included, so no response in flight is cut, as a `Connection: close` header or closing
+  // connections Node calls idle would (a response whose `end()` was called counts as idle).
+  if ('keepAliveTimeout' in server) (server as HttpServer).keepAliveTimeout = 1;
+  await closed;
 }
-
-/** How often `close({ server })` closes the connections that went idle. */
-const IDLE_POLL_MS = 25;
 
 /**
  * @return how many connections `server` still has

@@ -12,7 +12,7 @@ import { Job as Job5, Queue as Queue5, Worker as Worker5 } from 'bullmq5';
 import express from 'express';
 import { backgroundTasks, defineTask, type BackgroundTasksOptions } from '../lib/index.js';
 import * as onBullmq6 from '../lib/bullmq.js';
-import type { BatchJobData, TasksJobData } from '../lib/bullmq.js';
+import type { TasksJobData } from '../lib/bullmq.js';
 import { deferred, endLaterWithStatus, handlerGate, withServer } from './support/http.js';
 import { startRedis } from './support/redis.js';
 
@@ -91,17 +91,14 @@ describe('bullmqTransport() and createWorker() on BullMQ 5, against Redis', { sk
     await closeOpened();
   });
 
-  test("stages a response's defined tasks as a delayed job before its end, and promotes it once flushed, corked on the queue's ioredis connection (`queue.client`)", async (t) => {
+  test("stages a response's defined tasks as a delayed job before its first byte, and promotes it once flushed", async () => {
     const queue = await queue5();
     const send = defineTask('send', (_to: string) => {});
     const states: string[] = [];
     let finishedAt = 0;
-    const { stream } = (await queue.client) as unknown as { stream: { cork(): void } };
-    const cork = t.mock.method(stream, 'cork');
     const { app, tasks } = appWith({ transport: bullmqTransport({ queue: queue as unknown as QueueArg, lease: 60_000 }) }, (req, res) => {
       res.on('finish', () => {
         finishedAt = Date.now();
-        states.push(`corked ${cork.mock.callCount()} times`);
         void queue.getJobCounts('delayed', 'waiting').then((counts) => states.push(`at the flush: ${counts['delayed']} delayed, ${counts['waiting']} waiting`));
       });
       res.locals.tasks.add(send, `${req.params.id}@example.com`);
@@ -116,25 +113,21 @@ describe('bullmqTransport() and createWorker() on BullMQ 5, against Redis', { sk
     assert.deepEqual(job?.data, { tasks: [{ name: 'send', args: ['7@example.com'] }] });
     assert.ok((job?.timestamp ?? Infinity) <= finishedAt, 'stored before the response finished');
     assert.equal(job?.opts.delay, 60_000, 'staged with the lease as its delay');
-    assert.deepEqual(states, ['corked 0 times', 'at the flush: 1 delayed, 0 waiting']);
-    assert.equal(cork.mock.callCount(), 1, 'the promotion was sent corked');
+    assert.deepEqual(states, ['at the flush: 1 delayed, 0 waiting']);
     await closeOpened();
   });
 
-  test("the responses that end in the same turn share one staged job; with runOn: 'success', one whose status turns 500 later is left out of it (updateData, promote), and a shared job none of whose responses succeeded is removed", async (t) => {
+  test("the responses that start in the same turn are staged in one addBulk(), a job each; with runOn: 'success', one whose status a wrapper of res.end turns to 500 stages nothing", async (t) => {
     const queue = await queue5();
     const step = defineTask('step', (_id: string) => {});
     const addBulk = t.mock.method(queue, 'addBulk');
-    const calls = (['updateData', 'promote', 'remove'] as const).map((method) => [method, t.mock.method(Job5.prototype, method)] as const);
-    const jobCalls = (): string[] => calls.flatMap(([method, mock]) => mock.mock.calls.map((call) => `${method}(${call.arguments.map((arg) => JSON.stringify(arg)).join()})`));
+    const calls = (['promote', 'remove'] as const).map((method) => [method, t.mock.method(Job5.prototype, method)] as const);
+    const jobCalls = (): string[] => calls.flatMap(([method, mock]) => mock.mock.calls.map(() => method)).sort();
     const { sameTurn, endTogether } = sameTurnGate();
     const { app, tasks } = appWith({ transport: bullmqTransport({ queue: queue as unknown as QueueArg }), runOn: 'success' }, async (req, res) => {
       const id = String(req.params.id);
-      if (id.startsWith('fails')) {
-        // A wrapper of res.end that decides the status later, as a session store saving first does;
-        // soon enough that the others released wait for it (100 ms) rather than leave in a job of their own.
-        endLaterWithStatus(res, 500, 10);
-      }
+      // A wrapper of res.end that decides the status later, as a session store saving first does.
+      if (id.startsWith('fails')) endLaterWithStatus(res, 500, 10);
       await sameTurn();
       res.locals.tasks.add(step, id);
       res.status(201).end();
@@ -143,25 +136,14 @@ describe('bullmqTransport() and createWorker() on BullMQ 5, against Redis', { sk
     await withServer(app, async ({ url }) => {
       assert.deepEqual(await endTogether(url, ['a', 'b', 'fails-c']), [201, 201, 500]);
       await tasks.drain();
-      const [stored, ...more] = await Promise.all(addBulk.mock.calls.map((call) => call.result));
-      assert.equal(more.length, 0, 'one addBulk() for the turn');
-      assert.ok(stored?.length === 1 && stored[0] instanceof Job5, 'one staged job, a BullMQ 5 Job');
-      assert.deepEqual(addBulk.mock.calls[0]?.arguments[0].map((job) => job.data), [{ batch: [tasksOf('a'), tasksOf('b'), tasksOf('fails-c')] } satisfies BatchJobData]);
-      assert.deepEqual(jobCalls(), [`updateData(${JSON.stringify({ batch: [tasksOf('a'), tasksOf('b')] })})`, 'promote()']);
-      const [promoted, ...others] = await queue.getJobs(['waiting', 'delayed']);
-      assert.deepEqual(others, []);
-      assert.deepEqual(promoted?.data, { batch: [tasksOf('a'), tasksOf('b')] }, 'waiting, without the failed response');
-
-      calls.forEach(([, mock]) => mock.mock.resetCalls());
-      assert.deepEqual(await endTogether(url, ['fails-d', 'fails-e']), [500, 500]);
-      await tasks.drain();
-      assert.equal(addBulk.mock.callCount(), 2);
-      assert.equal((await addBulk.mock.calls[1]?.result)?.length, 1, 'one staged job for both');
-      assert.deepEqual(jobCalls(), ['remove()']);
     });
-    assert.equal(await queue.count(), 1, 'only the first turn\'s job is left');
-    const { delayed, waiting } = await queue.getJobCounts('delayed', 'waiting');
-    assert.deepEqual({ delayed, waiting }, { delayed: 0, waiting: 1 });
+    const [stored, ...more] = await Promise.all(addBulk.mock.calls.map((call) => call.result));
+    assert.equal(more.length, 0, 'one addBulk() for the turn');
+    assert.ok(stored?.length === 2 && stored.every((job) => job instanceof Job5), 'a BullMQ 5 Job per response');
+    assert.deepEqual(addBulk.mock.calls[0]?.arguments[0].map((job) => job.data), [tasksOf('a'), tasksOf('b')]);
+    assert.deepEqual(jobCalls(), ['promote', 'promote']);
+    const waiting = await queue.getJobs(['waiting', 'delayed']);
+    assert.deepEqual(waiting.map((job) => job.data).sort((x, y) => JSON.stringify(x).localeCompare(JSON.stringify(y))), [tasksOf('a'), tasksOf('b')], 'waiting, without the failed response');
     await closeOpened();
   });
 
@@ -193,7 +175,7 @@ describe('bullmqTransport() and createWorker() on BullMQ 5, against Redis', { sk
   // A BullMQ 5 app runs createWorker() on BullMQ 5. During an upgrade to 6, workers of either
   // version may take the jobs web processes of the other stored: the same Redis keys.
   for (const [label, lib, Worker] of [['BullMQ 5', onBullmq5, Worker5], ['BullMQ 6', onBullmq6, Worker6]] as const) {
-    test(`createWorker() on ${label} runs the jobs a BullMQ 5 queue stored: each response's tasks in order, a shared staged job split into one job per response`, async () => {
+    test(`createWorker() on ${label} runs the jobs a BullMQ 5 queue stored: each response's tasks in order`, async () => {
       const queue = await queue5();
       const ran: string[] = [];
       const step = defineTask('step', (id: string, n: number) => void ran.push(`${id}.${n}`));
@@ -208,16 +190,13 @@ describe('bullmqTransport() and createWorker() on BullMQ 5, against Redis', { sk
         assert.deepEqual(await endTogether(url, ['a', 'b', 'c']), [200, 200, 200]);
         await tasks.drain();
       });
-      const staged = (await queue.getJobs(['waiting'])).find((job) => 'batch' in job.data);
-      assert.equal(await queue.count(), 2, 'one job for the lone response, one for the three');
+      assert.equal(await queue.count(), 4, 'a job per response');
 
       const worker = lib.createWorker({ queueName: queue.name, connection, tasks: [step], concurrency: 3 });
       opened.push(worker);
       assert.ok(worker instanceof Worker);
-      const completed = await jobEvents(worker, 'completed', 5);
-      const split = completed.filter((job) => job.id?.startsWith(`${staged?.id}-`));
-      assert.deepEqual(split.map((job) => job.id).sort(), [0, 1, 2].map((index) => `${staged?.id}-${index}`), 'ids made from the staged job\'s');
-      assert.deepEqual(split.map((job) => [job.opts.attempts, job.opts.delay ?? 0]), [[2, 0], [2, 0], [2, 0]], 'with its job options but not its lease');
+      const completed = await jobEvents(worker, 'completed', 4);
+      assert.deepEqual(completed.map((job) => job.opts.attempts), [2, 2, 2, 2], 'with the job options');
       for (const id of ['alone', 'a', 'b', 'c']) assert.deepEqual(ran.filter((run) => run.startsWith(`${id}.`)), [`${id}.1`, `${id}.2`], `response ${id}, in order`);
       assert.equal(ran.length, 8, 'each task once');
       await closeOpened();

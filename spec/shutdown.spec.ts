@@ -3,15 +3,16 @@ import { fork } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { backgroundTasks, type CloseSummary, defineTask, ShutdownError, type TaskInfo, type TaskQueue, type TaskRunner, withSignal } from '../lib/index.js';
-import { deferred, expressVersions, get, listen, watchProcessFaults, withServer } from './support/http.js';
+import { deferred, expressVersions, get, handlerGate, listen, watchProcessFaults, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: close()`, () => {
-    it('makes every response served from then on carry Connection: close, and resolves once the tasks have run', async () => {
+    it('resolves once the tasks have run, leaving the connections to the server: no Connection: close, which would cut pipelined responses', async () => {
       const tasks = backgroundTasks();
       const ran: string[] = [];
       const holding = deferred();
@@ -37,8 +38,8 @@ for (const [label, createApp] of expressVersions) {
           const after = await getHeaders(`${url}/after`, agent);
           release.resolve();
           assert.equal(before['connection'], 'keep-alive');
-          assert.equal(after['connection'], 'close');
-          assert.equal((await held)['connection'], 'close', 'the response in flight, whose queue has a task, too');
+          assert.equal(after['connection'], 'keep-alive');
+          assert.equal((await held)['connection'], 'keep-alive');
           assert.deepEqual(await closed, { drained: true, settled: 2, abandoned: 0, pending: 0 } satisfies CloseSummary);
           assert.deepEqual(ran.sort(), ['after', 'before', 'held']);
         } finally {
@@ -319,10 +320,130 @@ for (const [label, createApp] of expressVersions) {
         const response = fetch(server.url);
         await inFlight.promise;
         const summary = await tasks.close({ server: server.server, timeout: 5_000 });
-        assert.equal((await response).headers.get('connection'), 'close');
+        assert.equal((await response).status, 200);
         assert.deepEqual(summary, { drained: true, settled: 1, abandoned: 0, pending: 0 } satisfies CloseSummary);
         assert.deepEqual(ran, ['added after close()']);
         assert.equal(server.server.listening, false);
+      } finally {
+        server.server.closeAllConnections();
+      }
+    });
+  });
+}
+
+for (const [label, createApp] of expressVersions) {
+  describe(`${label}: close({ server }) never cuts a response that server.close() would deliver`, () => {
+    it('delivers in full six 16 MB responses that end after it began', { timeout: 30_000 }, async () => {
+      const tasks = backgroundTasks();
+      const ran: string[] = [];
+      const together = handlerGate(6);
+      const big = Buffer.alloc(16 * 2 ** 20, 'x');
+      const app = createApp();
+      app.use(tasks);
+      app.get('/:i', async (req, res) => {
+        await together.wait();
+        res.locals.tasks.add(() => ran.push(String(req.params['i'])));
+        res.send(big);
+      });
+      const server = await listen(app);
+      try {
+        const bodies = Array.from({ length: 6 }, (_, i) => fetch(`${server.url}/${i}`).then(async (answer) => (await answer.arrayBuffer()).byteLength));
+        await together.arrived;
+        const closed = tasks.close({ server: server.server, timeout: 20_000 });
+        together.open();
+        assert.deepEqual(await Promise.all(bodies), Array(6).fill(big.length));
+        assert.deepEqual(await closed, { drained: true, settled: 6, abandoned: 0, pending: 0 } satisfies CloseSummary);
+        assert.equal(ran.length, 6);
+      } finally {
+        server.server.closeAllConnections();
+      }
+    });
+
+    it('keeps the connection of a client that does not read a response ending after it began, and its task waits for the flush', async () => {
+      const reported: string[] = [];
+      const tasks = backgroundTasks({ onError: (error) => reported.push((error as Error).name) });
+      let ran = false;
+      const arrived = deferred();
+      const closing = deferred();
+      const handled = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', async (_req, res) => {
+        arrived.resolve();
+        await closing.promise;
+        res.locals.tasks.add(() => (ran = true));
+        res.send(Buffer.alloc(64 * 2 ** 20, 'x')); // more than the kernel's buffers hold
+        handled.resolve();
+      });
+      const server = await listen(app);
+      const client = net.connect(server.port, '127.0.0.1');
+      try {
+        client.pause(); // never reads
+        client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+        await arrived.promise;
+        const closed = tasks.close({ server: server.server, timeout: 300 });
+        closing.resolve();
+        await handled.promise;
+        const summary = await closed;
+        assert.equal(client.destroyed, false, 'the connection is still there');
+        assert.equal(ran, false, 'not run before its response was flushed');
+        assert.deepEqual(summary, { drained: false, settled: 0, abandoned: 1, pending: 0 } satisfies CloseSummary);
+        assert.deepEqual(reported, ['ShutdownError']);
+      } finally {
+        client.destroy();
+        server.server.closeAllConnections();
+      }
+    });
+
+    it('delivers ten pipelined responses when it is called as the first request arrives', async () => {
+      const tasks = backgroundTasks();
+      const ran: string[] = [];
+      let closed: Promise<CloseSummary> | undefined;
+      const app = createApp();
+      app.use(tasks);
+      app.get('/:i', (req, res) => {
+        closed ??= tasks.close({ server: server.server, timeout: 5_000 });
+        res.locals.tasks.add(() => ran.push(String(req.params['i'])));
+        setImmediate(() => res.send(`r${req.params['i']}`));
+      });
+      const server = await listen(app);
+      try {
+        const client = net.connect(server.port, '127.0.0.1');
+        let received = '';
+        client.setEncoding('latin1');
+        client.on('data', (chunk: string) => (received += chunk));
+        client.write(Array.from({ length: 10 }, (_, i) => `GET /${i} HTTP/1.1\r\nHost: x\r\n\r\n`).join(''));
+        await once(client, 'close');
+        assert.deepEqual(received.match(/r\d$|r\d(?=HTTP)/g), Array.from({ length: 10 }, (_, i) => `r${i}`));
+        assert.deepEqual(await closed, { drained: true, settled: 10, abandoned: 0, pending: 0 } satisfies CloseSummary);
+        assert.equal(ran.length, 10);
+      } finally {
+        server.server.closeAllConnections();
+      }
+    });
+
+    it("with runOn: 'success', drops at its deadline the tasks of responses their handler never ended, without reporting them", async () => {
+      const reported: string[] = [];
+      const tasks = backgroundTasks({ runOn: 'success', onError: (error) => reported.push((error as Error).name) });
+      const waiting = handlerGate(3);
+      const app = createApp();
+      app.use(tasks);
+      app.get('/poll', (_req, res) => {
+        res.locals.tasks.add(() => {});
+        void waiting.wait(); // a long poll nobody ends
+      });
+      const server = await listen(app);
+      try {
+        const clients = Array.from({ length: 3 }, () => {
+          const client = net.connect(server.port, '127.0.0.1');
+          client.write('GET /poll HTTP/1.1\r\nHost: x\r\n\r\n');
+          return client;
+        });
+        await waiting.arrived;
+        for (const client of clients) client.resetAndDestroy();
+        const summary = await tasks.close({ server: server.server, timeout: 300 });
+        assert.deepEqual(summary, { drained: false, settled: 3, abandoned: 0, pending: 0 } satisfies CloseSummary);
+        assert.deepEqual(reported, []);
       } finally {
         server.server.closeAllConnections();
       }

@@ -28,7 +28,7 @@ import backgroundTasks, {
   type TaskRunOptions,
   type TaskTransport,
 } from '../../lib/index.js';
-import { bullmqTransport, createWorker, type BatchJobData, type BullmqTransportOptions, type TasksJobData } from '../../lib/bullmq.js';
+import { bullmqTransport, createWorker, type BullmqTransportOptions, type TasksJobData } from '../../lib/bullmq.js';
 import { taskSpans, type TaskSpansOptions } from '../../lib/otel.js';
 import { trace } from '@opentelemetry/api';
 import { piscinaTransport, type PiscinaTransport, type PiscinaTransportOptions } from '../../lib/piscina.js';
@@ -181,7 +181,7 @@ export function durableTasks(): BackgroundTasksMiddleware[] {
 }
 
 /** The worker side. */
-export function worker(): Worker<TasksJobData | BatchJobData> {
+export function worker(): Worker<TasksJobData> {
   return createWorker({ queueName: 'tasks', connection: { host: '127.0.0.1', port: 6379 }, tasks: [sendReceipt, warmCache], concurrency: 8 });
 }
 
