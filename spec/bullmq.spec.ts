@@ -941,6 +941,25 @@ describe('bullmqTransport() on PostgreSQL only', { skip: onPostgres.skip }, () =
     assert.equal(await queue.count(), 0);
     await closeOpened();
   });
+
+  test('a queue whose first connection failed never connects again (BullMQ 6.7), as docs/postgresql.md warns: its web process must exit and restart', async () => {
+    const proxy = await tcpProxy(onPostgres);
+    proxy.cut();
+    const queue = onPostgres.queueAt(proxy.port);
+    queue.on('error', () => {});
+    try {
+      await assert.rejects(queue.waitUntilReady());
+      proxy.restore();
+      await assert.rejects(queue.add('notify', { tasks: [] }), 'still failing once PostgreSQL is reachable');
+      const fresh = onPostgres.queueAt(proxy.port);
+      opened.push(fresh);
+      await fresh.add('notify', { tasks: [] }); // a new queue connects
+    } finally {
+      await Promise.race([queue.close(), delay(1_000)]);
+      await closeOpened();
+      await proxy.close();
+    }
+  });
 });
 
 describe('bullmqTransport() and createWorker() on Redis only', { skip: onRedis.skip }, () => {
