@@ -56,7 +56,10 @@ export function holdResponse(req: Request, res: Response): Hold {
     if (!res.headersSent) fixHeaders(req, res, args, fromEnd);
     const first = held.length === 0;
     held.push([method, args]);
-    if (first) starting();
+    if (!first) return;
+    // Only once something is held: before, a destroy() (an aborted long poll) loses nothing.
+    if (connection !== null) deferDestroy(connection);
+    starting();
   };
   const write = function (this: Response, ...args: unknown[]): boolean {
     if (!holding) {
@@ -95,15 +98,15 @@ export function holdResponse(req: Request, res: Response): Hold {
       if (holding || started || res.headersSent || res.destroyed) return false;
       holding = true;
       starting = onStart;
-      if (connection !== null) deferDestroy(connection);
       return true;
     },
     release(send: boolean): void {
       if (!holding) return;
       holding = false; // the wrappers stay, passing through: others may have wrapped them since
       started = true;
+      const deferring = connection !== null && held.length > 0;
       if (!send) {
-        if (!abortConnection(connection)) res.destroy();
+        if (!deferring || !abortConnection(connection)) res.destroy();
         return;
       }
       if (!res.destroyed) {
@@ -115,7 +118,7 @@ export function holdResponse(req: Request, res: Response): Hold {
         }
         if (refusedWrite && res.writableNeedDrain === false) res.emit('drain');
       }
-      releaseDestroy(connection);
+      if (deferring) releaseDestroy(connection);
     },
   };
 }
@@ -182,8 +185,8 @@ export function watchEnd(res: Response, listener: EndListener): void {
  * @private
  */
 function checkChunk(chunk: unknown, fromEnd: boolean): void {
-  if (typeof chunk === 'string' || chunk instanceof Uint8Array || typeof chunk === 'function') return;
-  if (fromEnd ? !chunk : chunk === undefined) return;
+  if (typeof chunk === 'string' || chunk instanceof Uint8Array) return;
+  if (fromEnd && (!chunk || typeof chunk === 'function')) return; // end(), end(callback)
   const error = new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array, got ${describeError(chunk)}`);
   (error as NodeJS.ErrnoException).code = chunk === null ? 'ERR_STREAM_NULL_VALUES' : 'ERR_INVALID_ARG_TYPE';
   throw error;

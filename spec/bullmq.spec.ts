@@ -51,7 +51,8 @@ const onRedis: Engine = {
   skip: typeof redisOrReason === 'string' ? redisOrReason : false,
   ...connection,
   queueAt: (port, patient) => new Queue(`spec-${randomUUID()}`, {
-    connection: patient ? { host: connection.host, port } : { host: connection.host, port, maxRetriesPerRequest: 1 },
+    // Not patient: the settings docs/bullmq.md recommends for a web process.
+    connection: patient ? { host: connection.host, port } : { host: connection.host, port, maxRetriesPerRequest: 1, retryStrategy: () => 500 },
     skipWaitingForReady: true,
   }),
   workerAt: (port) => ({ connection: { host: connection.host, port } }),
@@ -579,6 +580,7 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
         `staging worked again ${recoveredAfter.toFixed(0)} ms after it was back`);
       for (const ms of failedAfter) assert.ok(ms < timeout + 500, `a staging failed after ${ms.toFixed(0)} ms, with a timeout of ${timeout} ms`);
       assert.ok(received.some((id) => id.startsWith('after-')), 'staging worked again');
+      assert.ok(recoveredAfter < 1_500, `staging worked again ${recoveredAfter.toFixed(0)} ms after ${engine.name} was back`);
       assert.ok(reported.length >= 3 && reported.every((error) => error instanceof HandOffError), 'each aborted response\'s task reported');
     });
   }
@@ -1065,6 +1067,25 @@ describe('bullmqTransport() on PostgreSQL only', { skip: onPostgres.skip }, () =
     assert.match((reported[0] as Error).message, /^Task notify could not be handed off, so its response was aborted: unsupported Unicode escape sequence/);
     assert.equal(await queue.count(), 0);
     await closeOpened();
+  });
+
+  test('a queue whose first connection failed never connects again (BullMQ 6.7), as docs/postgresql.md warns: its web process must exit and restart', async () => {
+    const proxy = await tcpProxy(onPostgres);
+    proxy.cut();
+    const queue = onPostgres.queueAt(proxy.port);
+    queue.on('error', () => {});
+    try {
+      await assert.rejects(queue.waitUntilReady());
+      proxy.restore();
+      await assert.rejects(queue.add('notify', { tasks: [] }), 'still failing once PostgreSQL is reachable');
+      const fresh = onPostgres.queueAt(proxy.port);
+      opened.push(fresh);
+      await fresh.add('notify', { tasks: [] }); // a new queue connects
+    } finally {
+      await Promise.race([queue.close(), delay(1_000)]);
+      await closeOpened();
+      await proxy.close();
+    }
   });
 });
 
