@@ -4,11 +4,12 @@
  */
 
 import { randomUUID } from 'node:crypto';
-import { type ConnectionOptions, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type ConnectionOptions, DelayedError, type Job, type JobsOptions, type Queue, UnrecoverableError, Worker, type WorkerOptions } from 'bullmq';
 import { definedName, type DefinedTask } from './definition.js';
-import { describeError, invalid } from './errors.js';
-import { checkOptions, checkTimeout, type HandedOffTask, type TaskStaging, type TaskTransport } from './options.js';
-import { debug } from './task.js';
+import { describeError, invalid, isPermanent } from './errors.js';
+import { checkOptions, checkRetry, checkTimeout, type HandedOffTask, type Retry, type TaskStaging, type TaskTransport } from './options.js';
+import { debug, retryDelay } from './task.js';
 
 /**
  * The most tasks one job holds. A worker records each success in the job's progress, so a longer
@@ -156,9 +157,16 @@ export interface CreateWorkerOptions extends Omit<WorkerOptions, 'connection'> {
 
 /**
  * Creates a BullMQ worker that runs the jobs of `bullmqTransport()`: the tasks of each job one
- * after another, in order. A failing task does not stop the tasks behind it; the job then fails
- * with that task's error (an `AggregateError` when several failed), and a retry runs only the
- * tasks that have not succeeded yet. A task name this worker does not know fails the job visibly,
+ * after another, in order. A task with a `retry` (its definition's, or the middleware's, which the
+ * job carries) runs again, after its backoff, while the job waits; the tasks behind it wait too.
+ * A task that still fails does not stop the tasks behind it; the job then fails with that task's
+ * error (an `AggregateError` when several failed), and a retry of the job (BullMQ's `attempts`)
+ * runs only the tasks that have neither succeeded nor thrown a `PermanentError` (or BullMQ's
+ * `UnrecoverableError`), each with its `retry` afresh. A job whose every failure is permanent fails
+ * with an `UnrecoverableError`: BullMQ does not retry it. `worker.close()` cuts a task's wait for
+ * its next attempt short: its job goes back to the queue, delayed until that attempt was due, and
+ * runs again there on any worker, skipping the tasks that succeeded. A task name this worker does
+ * not know fails the job visibly,
  * and can be retried (by a newer worker, in a rolling deploy). A job that `bullmqTransport()` did not
  * make (no `tasks` array, more than 1000 tasks, a task that is not `{ name, args }`) fails at once
  * with BullMQ's `UnrecoverableError`, running none of its tasks. What a worker has Redis store of a
@@ -200,52 +208,127 @@ export function createWorker(options: CreateWorkerOptions): Worker<TasksJobData>
     byName.set(name, task as DefinedTask);
   });
 
+  const closing = new AbortController(); // aborted by close(): stops the waits for a retry
   // BullMQ 6's fourth argument, typed by the factory: Redis's when undefined.
-  return new Worker<TasksJobData>(queueName, (job) => runJob(job, byName), workerOptions, backend as never);
+  const worker = new Worker<TasksJobData>(queueName, (job, token) => runJob(job, token, byName, closing.signal), workerOptions, backend as never);
+  const closeWorker = worker.close.bind(worker);
+  worker.close = (force?: boolean) => {
+    closing.abort();
+    return closeWorker(force);
+  };
+  return worker;
 }
 
 /**
  * What `job.progress` holds while a job's tasks run: the indexes of the tasks that have succeeded,
- * so that a retry skips them.
+ * and of those that failed for good (`PermanentError`), so that a retry of the job skips them.
  */
 interface TasksJobProgress {
   readonly succeeded: number[];
+  readonly permanent?: number[];
 }
 
 /**
- * Runs the tasks of one job in order, each failure recorded and the next task run anyway.
- * @throws {UnrecoverableError} before running anything, when the job was not made by `bullmqTransport()`
+ * Runs the tasks of one job in order, each retried as its `retry` says, each failure recorded and
+ * the next task run anyway.
+ * @param token - the job's lock, for moving it back to the queue when the worker closes
+ * @param closing - aborted when the worker closes
+ * @throws {UnrecoverableError} before running anything, when the job was not made by
+ *   `bullmqTransport()`; after, when every failure was permanent
+ * @throws {DelayedError} once the job has gone back to the queue: the worker closed while a task
+ *   waited for its next attempt
  * @throws the failed task's error, or an `AggregateError` of them when several failed
  * @private
  */
-async function runJob(job: Job<TasksJobData>, byName: ReadonlyMap<string, DefinedTask>): Promise<void> {
+async function runJob(job: Job<TasksJobData>, token: string | undefined, byName: ReadonlyMap<string, DefinedTask>, closing: AbortSignal): Promise<void> {
   const tasks = checkJob(job);
-  const succeeded = new Set(succeededBefore(job.progress, tasks.length));
+  const succeeded = new Set(indexesBefore(job.progress, 'succeeded', tasks.length));
+  const permanent = new Set(indexesBefore(job.progress, 'permanent', tasks.length));
   const failures: Error[] = [];
-  for (const [index, { name, args }] of tasks.entries()) {
-    if (succeeded.has(index)) continue;
+  let permanentFailures = 0;
+  for (const [index, { name, args, retry }] of tasks.entries()) {
+    if (succeeded.has(index) || permanent.has(index)) continue;
     const task = byName.get(name);
-    try {
-      if (task === undefined) {
-        throw new Error(`Unknown task "${clip(name, MAX_LISTED_LENGTH)}" in job ${job.id}: this worker runs ` +
-          `${listed([...byName.keys()], String, ', ') || 'no tasks'}. Pass its defineTask() definition to createWorker({ tasks }).`);
-      }
-      debug('job %s: started %s', job.id, name);
-      await task(...(args as never));
-      debug('job %s: finished %s', job.id, name);
-    } catch (error) {
-      debug('job %s: failed %s', job.id, name);
-      failures.push(toFailure(name, error));
+    if (task === undefined) {
+      failures.push(new Error(`Unknown task "${clip(name, MAX_LISTED_LENGTH)}" in job ${job.id}: this worker runs ` +
+        `${listed([...byName.keys()], String, ', ') || 'no tasks'}. Pass its defineTask() definition to createWorker({ tasks }).`));
       continue;
     }
-    succeeded.add(index);
-    if (tasks.length > 1) await job.updateProgress({ succeeded: [...succeeded] } satisfies TasksJobProgress);
+    // Checked with the job: its defaults filled in, as a job made elsewhere may leave them out.
+    const failure = await runWithRetries(job, token, name, () => task(...(args as never)), checkRetry(retry, 'retry'), closing);
+    if (failure === undefined) {
+      succeeded.add(index);
+    } else {
+      failures.push(toFailure(name, failure.error));
+      if (!isPermanentHere(failure.error)) continue;
+      permanentFailures++;
+      permanent.add(index);
+    }
+    if (tasks.length > 1) await job.updateProgress(progressOf(succeeded, permanent));
   }
+  if (failures.length === 0) return;
+  const reason = failures.length === 1
+    ? (failures[0] as Error).message
+    : clip(`${failures.length} of the ${tasks.length} tasks of job ${job.id} failed: ${listed(failures, (failure) => clip(failure.message, MAX_LISTED_LENGTH), '; ')}`, MAX_REASON_LENGTH);
+  if (permanentFailures === failures.length) throw Object.assign(new UnrecoverableError(reason), { cause: failures.length === 1 ? failures[0] : failures });
   if (failures.length === 1) throw failures[0];
-  if (failures.length > 1) {
-    const reasons = listed(failures, (failure) => clip(failure.message, MAX_LISTED_LENGTH), '; ');
-    throw new AggregateError(failures, clip(`${failures.length} of the ${tasks.length} tasks of job ${job.id} failed: ${reasons}`, MAX_REASON_LENGTH));
+  throw new AggregateError(failures, reason);
+}
+
+/**
+ * Runs one task of a job, and again after its backoff while its `retry` allows.
+ * @param run - calls the task once
+ * @return `undefined` once an attempt succeeded, otherwise what the last attempt threw (which may
+ *   be `undefined` itself)
+ * @throws {DelayedError} when the worker closed during a wait, once the job is back in the queue
+ * @private
+ */
+async function runWithRetries(job: Job, token: string | undefined, name: string, run: () => unknown, retry: Retry | undefined, closing: AbortSignal): Promise<{ error: unknown } | undefined> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      debug('job %s: started %s%s', job.id, name, attempt === 1 ? '' : `, attempt ${attempt} of ${(retry as Retry).attempts}`);
+      await run();
+      debug('job %s: finished %s', job.id, name);
+      return undefined;
+    } catch (error) {
+      const delayMs = isPermanentHere(error) ? undefined : retryDelay(retry, attempt, error);
+      if (delayMs === undefined) {
+        debug('job %s: failed %s%s', job.id, name, attempt === 1 ? '' : ` at attempt ${attempt}`);
+        return { error };
+      }
+      debug('job %s: failed %s, attempt %d of %d, retrying in %d ms', job.id, name, attempt, (retry as Retry).attempts, delayMs);
+      const dueAt = Date.now() + delayMs;
+      try {
+        await sleep(delayMs, undefined, { signal: closing });
+      } catch {
+        // The worker is closing: let the next attempt run later, on any worker.
+        debug('job %s: the worker is closing; back to the queue until the next attempt of %s', job.id, name);
+        await job.moveToDelayed(dueAt, token);
+        throw new DelayedError();
+      }
+    }
   }
+}
+
+/**
+ * @return whether `error` says that running its task again cannot help: a `PermanentError`, or
+ *   BullMQ's `UnrecoverableError`
+ * @private
+ */
+function isPermanentHere(error: unknown): boolean {
+  try {
+    return isPermanent(error) || error instanceof UnrecoverableError;
+  } catch {
+    return false; // a revoked proxy: an ordinary failure
+  }
+}
+
+/**
+ * @return the job progress recording `succeeded` and `permanent`, the latter only when there are
+ * @private
+ */
+function progressOf(succeeded: ReadonlySet<number>, permanent: ReadonlySet<number>): TasksJobProgress {
+  return permanent.size === 0 ? { succeeded: [...succeeded] } : { succeeded: [...succeeded], permanent: [...permanent] };
 }
 
 /**
@@ -292,9 +375,14 @@ function findMalformed(tasks: readonly unknown[], path: string): string | undefi
     if (task === null || typeof task !== 'object' || Array.isArray(task)) {
       return invalid(`${path}[${index}]`, 'an object { name, args }', task);
     }
-    const { name, args } = task as Partial<Record<keyof HandedOffTask, unknown>>;
+    const { name, args, retry } = task as Partial<Record<keyof HandedOffTask, unknown>>;
     if (typeof name !== 'string' || name === '') return invalid(`${path}[${index}].name`, 'a non-empty string', name);
     if (!Array.isArray(args)) return invalid(`${path}[${index}].args`, 'an array of arguments', args);
+    try {
+      checkRetry(retry, `${path}[${index}].retry`);
+    } catch (error) {
+      return (error as Error).message;
+    }
   }
   return undefined;
 }
@@ -439,13 +527,13 @@ function clip(text: string, max: number): string {
 }
 
 /**
- * @return the indexes, among the job's `count` tasks, that a previous attempt recorded as succeeded
+ * @return the indexes, among the job's `count` tasks, that a previous attempt recorded as `which`
  * @private
  */
-function succeededBefore(progress: unknown, count: number): number[] {
-  const succeeded: unknown = (progress as Partial<TasksJobProgress> | null)?.succeeded;
-  if (!Array.isArray(succeeded)) return [];
-  return succeeded.filter((index): index is number => Number.isInteger(index) && index >= 0 && index < count);
+function indexesBefore(progress: unknown, which: keyof TasksJobProgress, count: number): number[] {
+  const indexes: unknown = (progress as Partial<TasksJobProgress> | null)?.[which];
+  if (!Array.isArray(indexes)) return [];
+  return indexes.filter((index): index is number => Number.isInteger(index) && index >= 0 && index < count);
 }
 
 /**

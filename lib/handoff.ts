@@ -5,6 +5,19 @@ import type { Settings, TaskStaging, TaskTransport } from './options.js';
 import { debug, handedOff, reportInScope, settleCall, type Task, taskName } from './task.js';
 
 /**
+ * What the queue of a response does for its hand-off.
+ * @internal
+ */
+export interface ResponseSide {
+  /** Counts tasks as settled. */
+  settle(count: number): void;
+  /** Runs tasks the transport could not take in this process. */
+  runHere(tasks: Task[]): void;
+  /** Whether `runOn: 'success'` refuses the response, now that its status is final. */
+  refused(): boolean;
+}
+
+/**
  * Where the staged tasks of a response stand: `none` staged; `staging` (the transport has them,
  * the response's end waits); `stored` (waiting for the flush, or for `runOn`'s verdict);
  * `releasing` (until `release()` settles); `over` (released or discarded, or the staging failed).
@@ -25,10 +38,8 @@ export class HandOff {
   readonly #settings: Settings;
   readonly #req: Request;
   readonly #res: Response;
-  /** Counts tasks as settled. */
-  readonly #settle: (count: number) => void;
-  /** Runs tasks the transport could not take in this process. */
-  readonly #runHere: (tasks: Task[]) => void;
+  /** What the response's queue does for its hand-off. */
+  readonly #response: ResponseSide;
   /** Defined tasks not given to the transport yet. */
   #queued: Task[] = [];
   #staging: Staging = 'none';
@@ -43,13 +54,12 @@ export class HandOff {
   /** Whether the response has been flushed and accepted: tasks queued from now on are sent, after any staging. */
   #sending = false;
 
-  constructor(settings: Settings, req: Request, res: Response, hold: Hold | undefined, settle: (count: number) => void, runHere: (tasks: Task[]) => void) {
+  constructor(settings: Settings, req: Request, res: Response, hold: Hold | undefined, response: ResponseSide) {
     this.#hold = hold;
     this.#settings = settings;
     this.#req = req;
     this.#res = res;
-    this.#settle = settle;
-    this.#runHere = runHere;
+    this.#response = response;
   }
 
   /** Defined tasks not given to the transport yet. */
@@ -76,7 +86,7 @@ export class HandOff {
    */
   #stage(): void {
     const staging = this.#settings.staging;
-    if (staging === undefined || this.#queued.length === 0 || this.#sending || (this.#settings.runOn === 'success' && this.#res.statusCode >= 400)) {
+    if (staging === undefined || this.#queued.length === 0 || this.#sending || this.#response.refused()) {
       this.#letEndThrough(true);
       return;
     }
@@ -122,7 +132,7 @@ export class HandOff {
 
   /** `runOn: 'success'` refused the response: forget its tasks, and discard those staged, once stored. */
   drop(): void {
-    this.#settle(this.#queued.length);
+    this.#response.settle(this.#queued.length);
     this.#queued = [];
     this.#afterStaging('discard');
   }
@@ -160,7 +170,7 @@ export class HandOff {
     if (this.#thenStaged === 'discard') {
       // Refused by `runOn: 'success'` meanwhile: nothing to report, nothing to run.
       this.#letEndThrough(true);
-      this.#settle(tasks.length);
+      this.#response.settle(tasks.length);
       return;
     }
     const aborted = this.#holding && this.#settings.stagingFailure === 'abort';
@@ -185,7 +195,7 @@ export class HandOff {
   #call(outcome: 'release' | 'discard', receipt: unknown, tasks: Task[]): void {
     const staging = this.#settings.staging as TaskStaging; // only staged tasks get here
     const done = (): void => {
-      this.#settle(tasks.length);
+      this.#response.settle(tasks.length);
       if (this.#staging !== 'releasing') return;
       this.#staging = 'over';
       this.#send();
@@ -220,7 +230,7 @@ export class HandOff {
       () => transport.send(tasks.map(handedOff)),
       () => {
         if (debug.enabled) debug('handed off %d task(s): %s', tasks.length, names(tasks));
-        this.#settle(tasks.length);
+        this.#response.settle(tasks.length);
       },
       (error) => this.#failed(tasks, error, false),
     );
@@ -242,8 +252,8 @@ export class HandOff {
       const error = new HandOffError(`Task ${name} could not be handed off${consequence}: ${reason}`, { cause });
       reportInScope(task, error, { req: this.#req, res: this.#res, settings });
     }
-    if (inProcess) this.#runHere(tasks);
-    else this.#settle(tasks.length);
+    if (inProcess) this.#response.runHere(tasks);
+    else this.#response.settle(tasks.length);
   }
 
   /** Stops holding the response back: sends what it wrote, or aborts it. */

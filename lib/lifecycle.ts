@@ -51,17 +51,14 @@ export function holdResponse(req: Request, res: Response): Hold {
   let heldBytes = 0;
   let refusedWrite = false;
   const connection = req.httpVersionMajor === 1 ? (req.socket as Socket | null) : null; // HTTP/2 shields its socket
-  let destroyDeferred = false; // from the first byte held: before it, a destroy() loses nothing
 
   const keep = (method: keyof typeof inner, args: unknown[], fromEnd: boolean): void => {
     if (!res.headersSent) fixHeaders(req, res, args, fromEnd);
     const first = held.length === 0;
     held.push([method, args]);
     if (!first) return;
-    if (connection !== null && !res.destroyed) {
-      deferDestroy(connection);
-      destroyDeferred = true;
-    }
+    // Only once something is held: before, a destroy() (an aborted long poll) loses nothing.
+    if (connection !== null) deferDestroy(connection);
     starting();
   };
   const write = function (this: Response, ...args: unknown[]): boolean {
@@ -107,11 +104,9 @@ export function holdResponse(req: Request, res: Response): Hold {
       if (!holding) return;
       holding = false; // the wrappers stay, passing through: others may have wrapped them since
       started = true;
-      const deferred = destroyDeferred ? connection : null;
-      destroyDeferred = false;
+      const deferring = connection !== null && held.length > 0;
       if (!send) {
-        if (deferred === null) res.destroy();
-        else abortConnection(deferred);
+        if (!deferring || !abortConnection(connection)) res.destroy();
         return;
       }
       if (!res.destroyed) {
@@ -123,7 +118,7 @@ export function holdResponse(req: Request, res: Response): Hold {
         }
         if (refusedWrite && res.writableNeedDrain === false) res.emit('drain');
       }
-      if (deferred !== null) releaseDestroy(deferred);
+      if (deferring) releaseDestroy(connection);
     },
   };
 }
@@ -186,12 +181,11 @@ export function watchEnd(res: Response, listener: EndListener): void {
 
 /**
  * Throws, as Node's own `write()` and `end()` do, for a chunk or an encoding they refuse; held, it
- * would throw only later, out of the handler's reach. `end()` takes no chunk, or its callback in
- * its place; `write()` always needs one.
+ * would throw only later, out of the handler's reach.
  * @private
  */
 function checkChunk(chunk: unknown, encoding: unknown, fromEnd: boolean): void {
-  if (fromEnd && (!chunk || typeof chunk === 'function')) return;
+  if (fromEnd && (!chunk || typeof chunk === 'function')) return; // end(), end(callback)
   if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) {
     const error = new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array, got ${describeError(chunk)}`);
     (error as NodeJS.ErrnoException).code = chunk === null ? 'ERR_STREAM_NULL_VALUES' : 'ERR_INVALID_ARG_TYPE';
@@ -275,23 +269,26 @@ function destroyUnlessHeld(this: Socket, error?: Error): Socket {
  * waited goes through, after what they wrote.
  * @private
  */
-function releaseDestroy(connection: Socket): void {
-  const record = heldConnections.get(connection) as HeldConnection; // deferred for this response
-  if (--record.held > 0 || !record.destroyWaiting) return;
+function releaseDestroy(connection: Socket | null): void {
+  const record = connection === null ? undefined : heldConnections.get(connection);
+  if (record === undefined || --record.held > 0 || !record.destroyWaiting) return;
   record.destroyWaiting = false;
-  record.destroy.call(connection);
+  record.destroy.call(connection as Socket);
 }
 
 /**
  * One held response of `connection` is not to be sent: destroys the connection at once, so that
  * its client knows the response failed (HTTP/1.0 included: no byte of it was sent).
+ * @return whether there was such a connection
  * @private
  */
-function abortConnection(connection: Socket): void {
-  const record = heldConnections.get(connection) as HeldConnection; // deferred for this response
+function abortConnection(connection: Socket | null): boolean {
+  const record = connection === null ? undefined : heldConnections.get(connection);
+  if (record === undefined) return false;
   record.held--;
   record.destroyWaiting = false;
-  record.destroy.call(connection);
+  record.destroy.call(connection as Socket);
+  return true;
 }
 
 /**

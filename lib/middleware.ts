@@ -21,9 +21,10 @@ export interface BackgroundTasksMiddleware extends RequestHandler {
   readonly pending: number;
   /**
    * Shuts down for a process about to exit: with `server`, it closes the server, each keep-alive
-   * connection as soon as its last response has been flushed, and waits for the requests in flight; pending tasks, and those those requests add, run until
-   * `timeout`; the rest are reported to `onError` as `ShutdownError`s (their signals aborted, those
-   * on a thread pool stopped). Then it closes the transports that run tasks (their threads). Tasks
+   * connection as soon as its last response has been flushed, and waits for the requests in
+   * flight; pending tasks, and the ones those requests add, run until `timeout`; the rest are
+   * reported to `onError` as `ShutdownError`s (their signals aborted, those on a thread pool
+   * stopped). Then it closes the transports that run tasks (their threads). Tasks
    * added after it resolved are reported, not run. Calling it again returns the same promise.
    * @param options - `server`: the HTTP server to close with the tasks (without it, close the
    *   server yourself first); `timeout`: ms for it all (default 10000)

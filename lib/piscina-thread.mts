@@ -10,7 +10,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { inspect } from 'node:util';
 import { definedName, type DefinedTask } from './definition.js';
-import { describeError, messageOf } from './errors.js';
+import { describeError, isPermanent, messageOf } from './errors.js';
 
 /**
  * What the main thread sends a thread for each task.
@@ -26,13 +26,23 @@ export interface ThreadTask {
 }
 
 /**
- * Runs one task: finds it by its name among the definitions the module exports (loaded once per
- * thread) and awaits it. What it returns stays in the thread.
- * @throws {Error} when the module cannot be loaded, exports no definitions, or none by that name;
- *   whatever the task throws
+ * What a thread resolves with when its task threw a `PermanentError`: a thrown error crosses to
+ * the main thread as a structured clone, which keeps its message and stack but not its class.
  * @internal
  */
-export async function runTask({ module, name, args }: ThreadTask): Promise<void> {
+export interface PermanentFailure {
+  readonly permanent: { readonly message: string; readonly stack: string | undefined };
+}
+
+/**
+ * Runs one task: finds it by its name among the definitions the module exports (loaded once per
+ * thread) and awaits it. What it returns stays in the thread.
+ * @return nothing, or a `PermanentFailure` when the task threw a `PermanentError`
+ * @throws {Error} when the module cannot be loaded, exports no definitions, or none by that name;
+ *   whatever else the task throws
+ * @internal
+ */
+export async function runTask({ module, name, args }: ThreadTask): Promise<PermanentFailure | undefined> {
   const tasks = await tasksOf(module);
   const task = tasks.get(name);
   if (task === undefined) {
@@ -41,8 +51,11 @@ export async function runTask({ module, name, args }: ThreadTask): Promise<void>
   try {
     await task(...args);
   } catch (error) {
-    throw sendable(name, error);
+    if (!isPermanent(error)) throw sendable(name, error);
+    const { message, stack } = error as Error;
+    return { permanent: { message: String(message), stack: typeof stack === 'string' ? stack : undefined } };
   }
+  return undefined;
 }
 
 /**

@@ -8,9 +8,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { ResourceLimits, Worker, WorkerOptions } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { definedName, type DefinedTask } from './definition.js';
-import { describeError, invalid } from './errors.js';
+import { describeError, invalid, PermanentError } from './errors.js';
 import { checkOptions, type HandedOffTask, type TaskRunner, type TaskRunOptions } from './options.js';
-import type { ThreadTask } from './piscina-thread.mjs';
+import type { PermanentFailure, ThreadTask } from './piscina-thread.mjs';
 import { debug } from './task.js';
 
 /**
@@ -95,9 +95,10 @@ export interface PiscinaPool {
 /**
  * Creates the transport that runs defined tasks on a pool of worker threads (piscina), off the
  * event loop that serves the requests. Each task runs in its turn in its response's queue, and the
- * middleware waits for it: its failure, or its `timeout`, is reported to `onError` as its own. A
- * task that times out, or that `close()` gives up on, is stopped for real: its thread is terminated
- * and the pool starts another. The middleware's `close()` closes the pool.
+ * middleware waits for it: its failure, or its `timeout`, is reported to `onError` as its own, or
+ * retried, each attempt on a thread, as its `retry` says (a `PermanentError` thrown on a thread
+ * stays one). A task that times out, or that `close()` gives up on, is stopped for real: its thread
+ * is terminated and the pool starts another. The middleware's `close()` closes the pool.
  * @param options - see `PiscinaTransportOptions`
  * @return the transport, for `backgroundTasks({ transport })`
  * @throws {TypeError} when `filename` is not an absolute path or a file URL, `tasks` holds
@@ -134,8 +135,13 @@ export function piscinaTransport(options: PiscinaTransportOptions): PiscinaTrans
     tasks: names,
     ready,
     pool,
-    run({ name, args }: HandedOffTask, { signal }: TaskRunOptions): Promise<unknown> {
-      return pool.run({ module, name, args } satisfies ThreadTask, { signal });
+    async run({ name, args }: HandedOffTask, { signal }: TaskRunOptions): Promise<void> {
+      const failure = (await pool.run({ module, name, args } satisfies ThreadTask, { signal })) as PermanentFailure | undefined;
+      if (failure === undefined) return;
+      // The thread's PermanentError, as itself again, so that the task is not retried.
+      const error = new PermanentError(failure.permanent.message);
+      if (failure.permanent.stack !== undefined) error.stack = failure.permanent.stack;
+      throw error;
     },
     close(): Promise<void> {
       // piscina starts threads up to `minThreads` whenever a thread it terminated before destroy()

@@ -124,7 +124,11 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       this.#settledForPlatform = keepPlatformAwake();
     }
     if (transport !== undefined && task.runner === undefined) {
-      this.#handOff ??= new HandOff(settings, this.#req, this.#res, this.#hold, (count) => this.#settle(count), (tasks) => this.#runHere(tasks));
+      this.#handOff ??= new HandOff(settings, this.#req, this.#res, this.#hold, {
+        settle: (count) => this.#settle(count),
+        runHere: (tasks) => this.#runHere(tasks),
+        refused: () => this.#verdict() === 'drop',
+      });
       this.#handOff.add(task);
     } else {
       this.#append(task);
@@ -161,7 +165,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    */
   abandon(deadlineMs: number): number {
     const { settings } = this.#scheduler;
-    if (settings.runOn === 'success' && !statusIsFinal(this.#res) && this.#running === undefined) {
+    if (this.#verdict() === 'undecided' && this.#running === undefined) {
       // No status says the request succeeded: dropped, as its tasks would be at the end of the wait.
       clearTimeout(this.#endTimer);
       this.#drop(`the handler had not ended the response at the close() deadline, ${deadlineMs} ms after close()`);
@@ -295,7 +299,7 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
 
   /** The response has been flushed, or its connection closed. Runs inside on-finished: must not throw. */
   #flushed(): void {
-    if (this.#scheduler.settings.runOn === 'success' && !statusIsFinal(this.#res)) {
+    if (this.#verdict() === 'undecided') {
       // Decide on the status the handler sends, not the 200 a client that left early would leave
       // behind. Once the headers are out, or end() called, the status can no longer change.
       this.#phase = 'awaiting-end';
@@ -311,8 +315,9 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
    * refuses the response.
    */
   #start(): void {
-    if (this.#scheduler.settings.runOn === 'success' && (!statusIsFinal(this.#res) || this.#res.statusCode >= 400)) {
-      this.#drop(statusIsFinal(this.#res)
+    const verdict = this.#verdict();
+    if (verdict !== 'run') {
+      this.#drop(verdict === 'drop'
         ? `response status ${this.#res.statusCode}`
         : `the handler did not end the response within ${END_WAIT_MS} ms of its client leaving`);
       return;
@@ -324,6 +329,17 @@ export class ResponseQueue implements TaskQueue, Runnable, ActiveQueue, EndListe
       this.#phase = 'active';
       this.#startTurn();
     }
+  }
+
+  /**
+   * Whether this response's tasks run, the one place `runOn` is decided: `run`; `drop` (`runOn:
+   * 'success'` and a final status of 400 or more); or `undecided` (`runOn: 'success'`, and the
+   * status can still change: the handler has not ended the response).
+   */
+  #verdict(): 'run' | 'drop' | 'undecided' {
+    if (this.#scheduler.settings.runOn === 'always') return 'run';
+    if (!statusIsFinal(this.#res)) return 'undecided';
+    return this.#res.statusCode >= 400 ? 'drop' : 'run';
   }
 
   /** `runOn: 'success'` refuses the response: its tasks are dropped, unreported. */

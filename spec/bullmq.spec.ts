@@ -12,7 +12,7 @@ import { type ConnectionOptions, createPostgresBackend, type Job, type JobsOptio
 import express from 'express';
 import { Redis as Ioredis6 } from 'ioredis';
 import { Redis as Ioredis5 } from 'ioredis5';
-import { backgroundTasks, defineTask, HandOffError, type BackgroundTasksOptions, type DefinedTask, type TaskInfo } from '../lib/index.js';
+import { backgroundTasks, defineTask, HandOffError, PermanentError, type BackgroundTasksOptions, type DefinedTask, type TaskInfo } from '../lib/index.js';
 import { bullmqTransport, createWorker, type CreateWorkerOptions, type TasksJobData } from '../lib/bullmq.js';
 import { deferred, delay, endLaterWithStatus, handlerGate, pausedPost, withServer } from './support/http.js';
 import { postgresQueue, startPostgres } from './support/postgres.js';
@@ -51,7 +51,8 @@ const onRedis: Engine = {
   skip: typeof redisOrReason === 'string' ? redisOrReason : false,
   ...connection,
   queueAt: (port, patient) => new Queue(`spec-${randomUUID()}`, {
-    connection: patient ? { host: connection.host, port } : { host: connection.host, port, maxRetriesPerRequest: 1 },
+    // Not patient: the settings docs/bullmq.md recommends for a web process.
+    connection: patient ? { host: connection.host, port } : { host: connection.host, port, maxRetriesPerRequest: 1, retryStrategy: () => 500 },
     skipWaitingForReady: true,
   }),
   workerAt: (port) => ({ connection: { host: connection.host, port } }),
@@ -579,6 +580,7 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
         `staging worked again ${recoveredAfter.toFixed(0)} ms after it was back`);
       for (const ms of failedAfter) assert.ok(ms < timeout + 500, `a staging failed after ${ms.toFixed(0)} ms, with a timeout of ${timeout} ms`);
       assert.ok(received.some((id) => id.startsWith('after-')), 'staging worked again');
+      assert.ok(recoveredAfter < 1_500, `staging worked again ${recoveredAfter.toFixed(0)} ms after ${engine.name} was back`);
       assert.ok(reported.length >= 3 && reported.every((error) => error instanceof HandOffError), 'each aborted response\'s task reported');
     });
   }
@@ -632,6 +634,133 @@ for (const engine of engines) describe(`bullmqTransport() and createWorker() on 
     assert.match(last.failedReason, /^2 of the 2 tasks of job \S+ failed: disk full; quota exceeded$/);
     assert.equal(await queue.getJobState(last.id as string), 'failed');
     await closeOpened();
+  });
+
+  test("retries: a job carries each task's retry, and the worker runs a failing task again within the job, before the tasks behind it", async () => {
+    const queue = await uniqueQueue(engine);
+    const runs: string[] = [];
+    let flakyRuns = 0;
+    const before = defineTask('before', () => void runs.push('before'));
+    const flaky = defineTask('flaky', () => {
+      runs.push('flaky');
+      if (++flakyRuns < 3) throw new Error(`SMTP down (run ${flakyRuns})`);
+    }, { retry: { attempts: 3, backoff: { type: 'fixed', delay: 20 } } });
+    const behind = defineTask('behind', () => void runs.push('behind'));
+    const worker = createWorker({ queueName: queue.name, ...engine.workerAt(engine.port), tasks: [before, flaky, behind] });
+    opened.push(queue, worker);
+    const completed = jobEvents(worker, 'completed', 1);
+    const { app } = appWith({ transport: bullmqTransport({ queue }) }, (_req, res) => {
+      res.locals.tasks.add(before).add(flaky).add(behind);
+      res.end();
+    });
+    await withServer(app, ({ url }) => fetch(`${url}/1`, { method: 'POST' }));
+
+    const [job] = (await completed) as [Job<TasksJobData>];
+    assert.deepEqual(runs, ['before', 'flaky', 'flaky', 'flaky', 'behind']);
+    assert.equal(job.attemptsMade, 1, 'within one attempt of the job');
+    assert.deepEqual(job.data.tasks.map((task) => task.retry), [undefined, { attempts: 3, backoff: { type: 'fixed', delay: 20 } }, undefined]);
+    await closeOpened();
+  });
+
+  test("retries: the middleware's retry travels with the job; the job's own attempts then retry it, so the runs multiply, and a task that succeeded never runs again", async () => {
+    const queue = await uniqueQueue(engine);
+    const runs: string[] = [];
+    const before = defineTask('before', () => void runs.push('before'));
+    const down = defineTask('down', () => {
+      runs.push('down');
+      throw new Error(`down ${runs.length}`);
+    });
+    const worker = createWorker({ queueName: queue.name, ...engine.workerAt(engine.port), tasks: [before, down] });
+    opened.push(queue, worker);
+    const failed = jobEvents(worker, 'failed', 2);
+    const transport = bullmqTransport({ queue, jobOptions: { attempts: 2 } });
+    const { app } = appWith({ transport, retry: { attempts: 2 } }, (_req, res) => {
+      res.locals.tasks.add(before).add(down);
+      res.end();
+    });
+    await withServer(app, ({ url }) => fetch(`${url}/1`, { method: 'POST' }));
+
+    const [, last] = (await failed) as [Job<TasksJobData>, Job<TasksJobData>];
+    assert.deepEqual(runs, ['before', 'down', 'down', 'down', 'down'], '2 attempts of the job × 2 of the task');
+    assert.equal(last.failedReason, 'down 5');
+    assert.equal(await queue.getJobState(last.id as string), 'failed');
+    await closeOpened();
+  });
+
+  test('retries: a PermanentError is retried neither in the job nor by BullMQ, and a retry of its job skips it', async () => {
+    const queue = await uniqueQueue(engine);
+    const runs: string[] = [];
+    let transientRuns = 0;
+    const gone = defineTask('gone', () => {
+      runs.push('gone');
+      throw new PermanentError('order 7 no longer exists');
+    });
+    const transient = defineTask('transient', () => {
+      runs.push('transient');
+      if (++transientRuns === 1) throw new Error('busy');
+    }, { retry: { attempts: 1 } }); // left to the job's attempts
+    const worker = createWorker({ queueName: queue.name, ...engine.workerAt(engine.port), tasks: [gone, transient] });
+    opened.push(queue, worker);
+    const failed = jobEvents(worker, 'failed', 2);
+    const completed = jobEvents(worker, 'completed', 1);
+    const transport = bullmqTransport({ queue, jobOptions: { attempts: 3 } });
+    const { app } = appWith({ transport, retry: { attempts: 5 } }, (_req, res) => {
+      res.locals.tasks.add(gone); // a job of its own: every failure permanent
+      setImmediate(() => res.locals.tasks.add(gone).add(transient)); // after the end, another job
+      res.end();
+    });
+    await withServer(app, ({ url }) => fetch(`${url}/1`, { method: 'POST' }));
+
+    const [alone, mixed] = (await failed) as [Job<TasksJobData>, Job<TasksJobData>];
+    assert.equal(alone.failedReason, 'order 7 no longer exists');
+    assert.equal(alone.attemptsMade, 1, 'BullMQ did not retry the job');
+    assert.equal(await queue.getJobState(alone.id as string), 'failed');
+    assert.match(mixed.failedReason, /^2 of the 2 tasks of job \S+ failed: order 7 no longer exists; busy$/);
+    const [done] = (await completed) as [Job<TasksJobData>];
+    assert.equal(done.id, mixed.id, 'its retry ran only the transient task');
+    assert.deepEqual(runs.slice().sort(), ['gone', 'gone', 'transient', 'transient']);
+    await closeOpened();
+  });
+
+  test('retries: worker.close() cuts a wait for the next attempt short; the job goes back to the queue, delayed, and another worker runs it without the tasks that succeeded', async () => {
+    const queue = await uniqueQueue(engine);
+    const runs: string[] = [];
+    const failedOnce = deferred();
+    const before = defineTask('before', () => void runs.push('before'));
+    const flaky = defineTask('flaky', () => {
+      runs.push('flaky');
+      if (runs.filter((run) => run === 'flaky').length === 1) {
+        failedOnce.resolve();
+        throw new Error('SMTP down');
+      }
+    }, { retry: { attempts: 3, backoff: { type: 'fixed', delay: 1_000 } } });
+    const first = createWorker({ queueName: queue.name, ...engine.workerAt(engine.port), tasks: [before, flaky] });
+    opened.push(queue);
+    const { app } = appWith({ transport: bullmqTransport({ queue }) }, (_req, res) => {
+      res.locals.tasks.add(before).add(flaky);
+      res.end();
+    });
+    await withServer(app, ({ url }) => fetch(`${url}/1`, { method: 'POST' }));
+    await failedOnce.promise;
+    const closing = performance.now();
+    await first.close();
+    assert.ok(performance.now() - closing < 500, `close() took ${(performance.now() - closing).toFixed(0)} ms, not the backoff`);
+    const [waiting] = await queue.getJobs(['delayed']);
+    assert.ok(waiting !== undefined, 'the job waits in the queue, delayed');
+
+    const second = createWorker({ queueName: queue.name, ...engine.workerAt(engine.port), tasks: [before, flaky] });
+    opened.push(second);
+    const [job] = (await jobEvents(second, 'completed', 1)) as [Job<TasksJobData>];
+    assert.equal(job.id, waiting.id);
+    assert.deepEqual(runs, ['before', 'flaky', 'flaky']);
+    await closeOpened();
+  });
+
+  test('retries: a job whose task carries a malformed retry fails at once, running none of its tasks', async () => {
+    const { state, job, recorded } = await runStoredJob(engine, { tasks: [{ name: 'rec', args: [1] }, { name: 'rec', args: [2], retry: { attempts: 0 } }] }, [], { attempts: 3 });
+    assert.equal(state, 'failed');
+    assert.match(job.failedReason, /was not made by bullmqTransport\(\): Expected `tasks\[1\]\.retry\.attempts` to be a whole number of runs from 1 \(no retry\) to 100, got `0` \(number\)$/);
+    assert.deepEqual(recorded, []);
   });
 
   test('a task that rejects with something other than an Error still fails its job, with a message', async () => {
@@ -938,6 +1067,25 @@ describe('bullmqTransport() on PostgreSQL only', { skip: onPostgres.skip }, () =
     assert.match((reported[0] as Error).message, /^Task notify could not be handed off, so its response was aborted: unsupported Unicode escape sequence/);
     assert.equal(await queue.count(), 0);
     await closeOpened();
+  });
+
+  test('a queue whose first connection failed never connects again (BullMQ 6.7), as docs/postgresql.md warns: its web process must exit and restart', async () => {
+    const proxy = await tcpProxy(onPostgres);
+    proxy.cut();
+    const queue = onPostgres.queueAt(proxy.port);
+    queue.on('error', () => {});
+    try {
+      await assert.rejects(queue.waitUntilReady());
+      proxy.restore();
+      await assert.rejects(queue.add('notify', { tasks: [] }), 'still failing once PostgreSQL is reachable');
+      const fresh = onPostgres.queueAt(proxy.port);
+      opened.push(fresh);
+      await fresh.add('notify', { tasks: [] }); // a new queue connects
+    } finally {
+      await Promise.race([queue.close(), delay(1_000)]);
+      await closeOpened();
+      await proxy.close();
+    }
   });
 });
 

@@ -183,6 +183,49 @@ for (const [label, createApp] of expressVersions) {
       });
     }
 
+    test('refuses in the handler, as Node does, a chunk that is not a string or bytes', async () => {
+      const { staging, staged, store } = manualStaging();
+      const app = createApp();
+      app.use(backgroundTasks({ transport: { send: async () => {}, staging } }));
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(job);
+        const codes = [42, undefined, null].map((chunk) => {
+          try {
+            res.write(chunk as never);
+            return 'written';
+          } catch (error) {
+            return (error as { code?: string }).code;
+          }
+        });
+        res.end(codes.join());
+      });
+      const server = await listen(app);
+      try {
+        const response = fetch(server.url).then((answer) => answer.text());
+        await staged;
+        store();
+        assert.equal(await response, 'ERR_INVALID_ARG_TYPE,ERR_INVALID_ARG_TYPE,ERR_STREAM_NULL_VALUES');
+      } finally {
+        await server.close();
+      }
+    });
+
+    test('destroyed by its handler before its first byte closes its connection at once', async () => {
+      const { staging } = manualStaging();
+      const app = createApp();
+      app.use(backgroundTasks({ transport: { send: async () => {}, staging } }));
+      app.get('/', (_req, res) => {
+        res.locals.tasks.add(job);
+        res.destroy(); // an aborted long poll, say: nothing was held
+      });
+      const server = await listen(app);
+      try {
+        assert.equal(await rawClient(server.port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n').ended, '');
+      } finally {
+        await server.close();
+      }
+    });
+
     test('reaches its client though server.close() is called while its tasks are being stored', async () => {
       const { staging, staged, store } = manualStaging();
       const server = await listen(stagingApp(createApp, staging));

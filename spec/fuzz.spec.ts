@@ -2,14 +2,15 @@
 // (sync, async, throwing, rejecting, hanging, hostile returns, self-re-adding, failing a few times
 // then succeeding, failing permanently), at every moment (in the handler, after the end, later),
 // under random `timeout`, `concurrency`, `maxPending`, `runOn`, `retry` and `around`, some of whose clients
-// reset the connection before the response. fast-check shrinks a
+// reset the connection before the response; each program ends with drain() or with close() and a
+// deadline of 1-50 ms, which may cut tasks short. fast-check shrinks a
 // failing program and prints its seed; re-run one with FUZZ_SEED=<seed>.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import express, { type RequestHandler } from 'express';
 import fc from 'fast-check';
-import { backgroundTasks, type BackgroundTasksMiddleware, PermanentError, QueueFullError, type RetryOptions, type TaskQueue, withSignal } from '../lib/index.js';
+import { backgroundTasks, type BackgroundTasksMiddleware, type CloseSummary, PermanentError, QueueFullError, type RetryOptions, ShutdownError, type TaskQueue, withSignal } from '../lib/index.js';
 import { hostileOutcomes } from './support/hostile.js';
 import { deferred, delay, rawRequest, watchProcessFaults, withServer } from './support/http.js';
 
@@ -39,11 +40,13 @@ interface Program {
   readonly retry: RetryOptions | undefined;
   /** An `around` that calls `run` at once, or after a turn of the event loop, or none. */
   readonly around: 'none' | 'sync' | 'async';
+  /** How the program ends once its handlers are done: `drain()`, or `close()` with this deadline, ms. */
+  readonly closeAfter: 'drain' | number;
   readonly requests: readonly RequestPlan[];
 }
 
 const program: fc.Arbitrary<Program> = fc.record({
-  timeout: fc.constantFrom(15, 40, Infinity),
+  timeout: fc.constantFrom(50, 100, Infinity), // well above the tasks' own 0-2 ms, even on a busy machine
   concurrency: fc.constantFrom(1, 2, 3, Infinity),
   maxPending: fc.constantFrom(2, 5, 12, Infinity),
   runOn: fc.constantFrom('always' as const, 'success' as const),
@@ -55,6 +58,7 @@ const program: fc.Arbitrary<Program> = fc.record({
     { nil: undefined },
   ),
   around: fc.constantFrom('none' as const, 'sync' as const, 'async' as const),
+  closeAfter: fc.constantFrom('drain' as const, 'drain' as const, 1, 10, 50),
   requests: fc.array(
     fc.record({
       status: fc.constantFrom(200, 201, 404, 500),
@@ -128,6 +132,10 @@ class ProgramRun {
   readonly #accepted: string[][];
   readonly #started: string[][];
   #running = 0;
+  /** What `close()` resolved with, for a program that ends with it. */
+  #summary: CloseSummary | undefined = undefined;
+  /** How many tasks were reported as `ShutdownError`s. */
+  #shutdownReports = 0;
   /** The timers of the process when the program started. */
   readonly #timersBefore = timersNow();
   #limitsBroken: string[] = [];
@@ -142,7 +150,7 @@ class ProgramRun {
         await new Promise(setImmediate);
         return run();
       };
-    this.middleware = backgroundTasks({ timeout, concurrency, maxPending, runOn, retry, around, onError: (_error, { name }) => this.#reported(name) });
+    this.middleware = backgroundTasks({ timeout, concurrency, maxPending, runOn, retry, around, onError: (error, { name }) => this.#reported(name, error) });
     const handlers = plan.requests.map(() => deferred());
     this.#handled = handlers.map(({ promise }) => promise);
     this.#handlersDone = handlers.map(({ resolve }) => resolve);
@@ -165,8 +173,16 @@ class ProgramRun {
         socket.resetAndDestroy();
       }));
       await Promise.all(this.#handled);
-      const drained = await Promise.race([this.middleware.drain().then(() => true), sleep(10_000, false, { ref: false })]);
-      assert.ok(drained, `drain() resolved (pending ${this.middleware.pending})`);
+      const { closeAfter } = this.#plan;
+      if (closeAfter === 'drain') {
+        const drained = await Promise.race([this.middleware.drain().then(() => true), sleep(10_000, false, { ref: false })]);
+        assert.ok(drained, `drain() resolved (pending ${this.middleware.pending})`);
+      } else {
+        this.#summary = await this.middleware.close({ timeout: closeAfter });
+        // A task abandoned at the deadline still finishes its own work, and its own timers, here;
+        // a timer of the library's own left behind would still be there after that.
+        for (let waited = 0; (this.#running > 0 || timersNow() > this.#timersBefore) && waited < 200; waited++) await sleep(1);
+      }
     } finally {
       this.#faults.stop();
       process.off('warning', this.#onWarning);
@@ -212,16 +228,26 @@ class ProgramRun {
     expect(this.middleware.pending === 0, () => `pending is 0 once drained, not ${this.middleware.pending}`);
     expect(timersNow() <= this.#timersBefore, () => `no timer left behind: ${timersNow()} timers, ${this.#timersBefore} before the program`);
     const attempts = this.#plan.retry?.attempts ?? 1;
+    const closed = this.#summary !== undefined;
+    if (this.#summary !== undefined) {
+      const { abandoned, pending } = this.#summary;
+      expect(pending === 0 && abandoned === this.#shutdownReports, () => `close() resolved with ${JSON.stringify(this.#summary)}, ${this.#shutdownReports} ShutdownErrors reported`);
+    }
     for (const [id, task] of this.added) {
       const dropped = this.#plan.runOn === 'success' && (this.#plan.requests[task.request] as RequestPlan).status >= 400;
       const runs = task.permanent ? 1 : Math.min(task.failures + 1, attempts);
       const starts = task.accepted && !dropped ? runs : 0;
-      expect(task.starts === starts, () => `task ${id} started ${task.starts} times, not ${starts}`);
       const reports = starts > 0 && (task.permanent || task.failures >= attempts) ? 1 : 0;
+      if (closed && (task.starts < starts || task.reports > reports)) {
+        // Cut short by the deadline: fewer runs, and reported once, as a ShutdownError.
+        expect(task.starts <= starts && task.reports === 1, () => `task ${id}, cut short by close(), started ${task.starts} times of ${starts}, reported ${task.reports} times`);
+        continue;
+      }
+      expect(task.starts === starts, () => `task ${id} started ${task.starts} times, not ${starts}`);
       expect(task.reports === reports, () => `task ${id} was reported ${task.reports} times, not ${reports}`);
     }
     this.#plan.requests.forEach((plan, request) => {
-      if (this.#plan.runOn === 'success' && plan.status >= 400) return;
+      if (closed || (this.#plan.runOn === 'success' && plan.status >= 400)) return;
       // A retried task runs again before the next one starts: its runs are next to each other.
       const accepted = this.#accepted[request] ?? [];
       const started = (this.#started[request] ?? []).filter((id, index, all) => id !== all[index - 1]);
@@ -309,7 +335,12 @@ class ProgramRun {
   }
 
   /** Records a report. */
-  #reported(name: string): void {
+  #reported(name: string, error: unknown): void {
+    try {
+      if (error instanceof ShutdownError) this.#shutdownReports++;
+    } catch {
+      // A hostile task's own error (a revoked Proxy): not a ShutdownError.
+    }
     const task = this.added.get(name);
     if (task === undefined) {
       this.#limitsBroken.push(`onError got an unknown task ${name}`);

@@ -7,6 +7,7 @@ import express from 'express';
 import {
   backgroundTasks,
   defineTask,
+  type HandedOffTask,
   PermanentError,
   QueueFullError,
   ShutdownError,
@@ -355,6 +356,35 @@ for (const [label, createApp] of expressVersions) {
       // 20 to 40 ms, then 40 to 80 ms; a timer may fire up to 1 ms early by the performance clock.
       assert.ok(second - first >= 19, `first wait ${second - first} ms`);
       assert.ok(third - second >= 39, `second wait ${third - second} ms`);
+    });
+
+    it("sends a defined task's retry with it to a transport, and retries it here when fallback: 'in-process' runs it here; runOn: 'success' drops it as before", async () => {
+      const sent: HandedOffTask[][] = [];
+      const reported: string[] = [];
+      let runs = 0;
+      const notify = defineTask('notify', () => {
+        if (++runs === 1) throw new Error('once');
+      }, { retry: { attempts: 2 } });
+      const tasks = backgroundTasks({
+        transport: { send: (handedOff) => (sent.push([...handedOff]), Promise.reject(new Error('queue down'))) },
+        fallback: 'in-process',
+        runOn: 'success',
+        onError: (error) => reported.push((error as Error).name),
+      });
+      const app = createApp();
+      app.use(tasks);
+      app.get('/:status', (req, res) => {
+        res.locals.tasks.add(notify);
+        res.sendStatus(Number(req.params['status']));
+      });
+      await withServer(app, async ({ url }) => {
+        await (await fetch(`${url}/500`)).text();
+        await (await fetch(`${url}/200`)).text();
+        await tasks.drain();
+      });
+      assert.deepEqual(sent, [[{ name: 'notify', args: [], retry: { attempts: 2, backoff: { type: 'fixed', delay: 0 } } }]], 'the failed response sent nothing');
+      assert.deepEqual(reported, ['HandOffError'], 'the run here failed once, then succeeded');
+      assert.equal(runs, 2);
     });
 
     it('abandons a task waiting for its next attempt at the close() deadline, as a ShutdownError saying how many attempts ran', async () => {

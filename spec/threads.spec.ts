@@ -4,15 +4,17 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Worker } from 'node:worker_threads';
 import { after, describe, test } from 'node:test';
 import express from 'express';
-import { backgroundTasks, defineTask, ShutdownError, TimeoutError, type BackgroundTasksOptions, type CloseSummary, type TaskInfo, type TaskQueue } from '../lib/index.js';
+import { backgroundTasks, defineTask, PermanentError, ShutdownError, TimeoutError, type BackgroundTasksOptions, type CloseSummary, type TaskInfo, type TaskQueue } from '../lib/index.js';
 import { bullmqTransport, createWorker } from '../lib/bullmq.js';
 import { piscinaTransport, type PiscinaTransport, type PiscinaTransportOptions } from '../lib/piscina.js';
-import { burnCpu, exhaustMemory, exitThread, failInThread, noop, runaway, throwValue } from './fixtures/pool-tasks.js';
+import { burnCpu, exhaustMemory, exitThread, failInThread, flakyInThread, goneInThread, noop, runaway, runawayOnce, throwValue } from './fixtures/pool-tasks.js';
 import { deferred, delay, withServer } from './support/http.js';
 import { startRedis, uniqueQueue, type Redis } from './support/redis.js';
 
@@ -254,7 +256,7 @@ describe('piscinaTransport(): defined tasks on a pool of worker threads', () => 
     await tasks.drain();
     assert.deepEqual(errors.map(({ info }) => info.name), ['not-exported']);
     assert.equal((errors[0]?.error as Error).message, `Task not-exported is not exported by the tasks module ${filename.href}, which exports ` +
-      'burn-cpu, exhaust-memory, exit-thread, fail-in-thread, noop, runaway, throw-value: export its defineTask() definition there');
+      'burn-cpu, exhaust-memory, exit-thread, fail-in-thread, flaky-in-thread, gone-in-thread, noop, runaway, runaway-once, throw-value: export its defineTask() definition there');
   });
 
   for (const [mistake, module, message] of [
@@ -301,6 +303,83 @@ describe('piscinaTransport(): defined tasks on a pool of worker threads', () => 
     assert.ok(errors.every(({ error }) => error instanceof ShutdownError));
     assert.equal(transport.pool.threads.length, 0, 'the pool is closed');
     assert.equal(await Promise.race([exited.then(() => 'exited'), delay(1000).then(() => 'still running')]), 'exited', 'the thread that ran it is gone');
+  });
+
+  test('retries: each attempt runs on a thread, as the task\'s own retry says, before the next task; onError is not called', async () => {
+    const counter = runCounter();
+    const { around, runs } = recordRuns();
+    const { onError, errors } = recordErrors();
+    const { app, tasks } = appWith({ transport: await pool(), around, onError }, (_req, res) => {
+      res.locals.tasks.add(flakyInThread, counter.file, 2).add(noop);
+      res.end();
+    });
+    await withServer(app, ({ url }) => fetch(`${url}/photos/1`, { method: 'POST' }));
+    await tasks.drain();
+    assert.equal(counter.runs(), 3);
+    assert.deepEqual(runs.map(({ name, failed }) => [name, failed]), [
+      ['flaky-in-thread', true], ['flaky-in-thread', true], ['flaky-in-thread', false], ['noop', false],
+    ]);
+    assert.deepEqual(errors, []);
+  });
+
+  test('retries: a thread stopped at `timeout` is a failed attempt, and the next attempt runs on a new thread', async () => {
+    const counter = runCounter();
+    const transport = await pool();
+    const { onError, errors } = recordErrors();
+    // Long enough for the thread that replaces the stopped one to start and load the module through tsx.
+    const { app, tasks } = appWith({ transport, onError, timeout: 2000, retry: { attempts: 2 } }, (_req, res) => {
+      res.locals.tasks.add(runawayOnce, counter.file);
+      res.end();
+    });
+    const exited = once(transport.pool.threads[0] as Worker, 'exit');
+    await withServer(app, ({ url }) => fetch(`${url}/photos/1`, { method: 'POST' }));
+    await tasks.drain();
+    await exited;
+    assert.equal(counter.runs(), 2);
+    assert.deepEqual(errors, []);
+  });
+
+  test('retries: a PermanentError thrown on a thread reaches onError as itself, after one attempt', async () => {
+    const counter = runCounter();
+    const { onError, errors } = recordErrors();
+    const { app, tasks } = appWith({ transport: await pool(), onError, retry: { attempts: 5 } }, (_req, res) => {
+      res.locals.tasks.add(goneInThread, counter.file);
+      res.end();
+    });
+    await withServer(app, ({ url }) => fetch(`${url}/photos/1`, { method: 'POST' }));
+    await tasks.drain();
+    assert.equal(counter.runs(), 1);
+    assert.equal(errors.length, 1);
+    const [{ error, info }] = errors as [{ error: Error; info: TaskInfo }];
+    assert.ok(error instanceof PermanentError);
+    assert.equal(error.message, 'photo 7 was deleted');
+    assert.match(String(error.stack), /gone-in-thread|pool-tasks/);
+    assert.equal(info.attempt, 1);
+  });
+
+  test('retries: close() during the backoff of a pool task reports a ShutdownError within its deadline, and closes the pool', async () => {
+    const transport = await pool();
+    const { onError, errors } = recordErrors();
+    const firstFailed = deferred();
+    const around = (_info: TaskInfo, run: () => unknown): Promise<unknown> => Promise.resolve(run()).catch((error: unknown) => {
+      firstFailed.resolve();
+      throw error;
+    });
+    const retry = { attempts: 3, backoff: { type: 'fixed', delay: 60_000 } } as const;
+    const { app, tasks } = appWith({ transport, onError, around, retry }, (_req, res) => {
+      res.locals.tasks.add(failInThread, '7');
+      res.end();
+    });
+    await withServer(app, ({ url }) => fetch(`${url}/photos/1`, { method: 'POST' }));
+    await firstFailed.promise;
+    const closing = performance.now();
+    const summary = await tasks.close({ timeout: 200 });
+    assert.ok(performance.now() - closing < 2_000, 'within the deadline, not the backoff');
+    assert.deepEqual(summary, { drained: false, settled: 0, abandoned: 1, pending: 0 });
+    assert.equal(errors.length, 1);
+    assert.ok(errors[0]?.error instanceof ShutdownError);
+    assert.match((errors[0]?.error as Error).message, /fail-in-thread was abandoned at shutdown: waiting for its next attempt 200 ms after close\(\), after 1 of 3 attempts had failed/);
+    assert.equal(transport.pool.threads.length, 0, 'the pool is closed');
   });
 
   test('tasks the module does not run stay elsewhere: plain functions here, and defined tasks a transport does not list', async () => {
@@ -496,3 +575,10 @@ describe('piscinaTransport() options', () => {
   });
 });
 
+/** A file in which pool tasks count their runs (each attempt may run on another thread). */
+function runCounter(): { file: string; runs(): number } {
+  const directory = mkdtempSync(path.join(tmpdir(), 'pool-runs-'));
+  const file = path.join(directory, 'runs');
+  after(() => rmSync(directory, { recursive: true, force: true }));
+  return { file, runs: () => (existsSync(file) ? readFileSync(file, 'utf8').split('\n').length - 1 : 0) };
+}
