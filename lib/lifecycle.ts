@@ -66,7 +66,7 @@ export function holdResponse(req: Request, res: Response): Hold {
       started = true;
       return (inner.write as (...args: unknown[]) => boolean).apply(this, args);
     }
-    checkChunk(args[0], false);
+    checkChunk(args[0], args[1], false);
     keep('write', args, false);
     heldBytes += byteLength(args[0], args[1]);
     if (heldBytes < (res.writableHighWaterMark ?? 16_384)) return true;
@@ -78,7 +78,7 @@ export function holdResponse(req: Request, res: Response): Hold {
       started = true;
       return (inner.end as (...args: unknown[]) => Response).apply(this, args);
     }
-    checkChunk(args[0], true);
+    checkChunk(args[0], args[1], true);
     keep('end', args, true);
     return this;
   };
@@ -180,16 +180,22 @@ export function watchEnd(res: Response, listener: EndListener): void {
 }
 
 /**
- * Throws, as Node's own `write()` and `end()` do, for a chunk they refuse; held, it would throw
- * only later, out of the handler's reach.
+ * Throws, as Node's own `write()` and `end()` do, for a chunk or an encoding they refuse; held, it
+ * would throw only later, out of the handler's reach.
  * @private
  */
-function checkChunk(chunk: unknown, fromEnd: boolean): void {
-  if (typeof chunk === 'string' || chunk instanceof Uint8Array) return;
+function checkChunk(chunk: unknown, encoding: unknown, fromEnd: boolean): void {
   if (fromEnd && (!chunk || typeof chunk === 'function')) return; // end(), end(callback)
-  const error = new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array, got ${describeError(chunk)}`);
-  (error as NodeJS.ErrnoException).code = chunk === null ? 'ERR_STREAM_NULL_VALUES' : 'ERR_INVALID_ARG_TYPE';
-  throw error;
+  if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) {
+    const error = new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array, got ${describeError(chunk)}`);
+    (error as NodeJS.ErrnoException).code = chunk === null ? 'ERR_STREAM_NULL_VALUES' : 'ERR_INVALID_ARG_TYPE';
+    throw error;
+  }
+  if (typeof encoding === 'string' && encoding !== '' && encoding !== 'buffer' && !Buffer.isEncoding(encoding)) {
+    const error = new TypeError(`Unknown encoding: ${encoding}`);
+    (error as NodeJS.ErrnoException).code = 'ERR_UNKNOWN_ENCODING';
+    throw error;
+  }
 }
 
 /**

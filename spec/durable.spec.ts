@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
-import net, { type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -10,6 +10,7 @@ import { after, describe, test } from 'node:test';
 import express, { type Express } from 'express';
 import { backgroundTasks, type BackgroundTasksOptions, defineTask, type TaskStaging } from '../lib/index.js';
 import { deferred, expressVersions, listen } from './support/http.js';
+import { manualStaging, rawClient, roundTrip } from './support/staging.js';
 
 // A staged response's client must not hold it in full before its tasks are stored, whatever the
 // shape of the response; and once they are, it gets exactly what the handler sent.
@@ -20,24 +21,6 @@ writeFileSync(join(files, 'file.txt'), body);
 after(() => rmSync(files, { recursive: true, force: true }));
 
 const job = defineTask('job', () => {});
-
-/** A staging whose `stage()` resolves only once the spec says so. */
-function manualStaging(): { staging: TaskStaging; staged: Promise<void>; store(): void; fail(): void; released: string[] } {
-  const called = deferred();
-  const outcome = deferred<boolean>();
-  const released: string[] = [];
-  const staging: TaskStaging = {
-    timeout: 10_000,
-    stage: async () => {
-      called.resolve();
-      if (!(await outcome.promise)) throw new Error('the store is down');
-      return 'receipt';
-    },
-    release: async () => void released.push('released'),
-    discard: async () => void released.push('discarded'),
-  };
-  return { staging, staged: called.promise, store: () => outcome.resolve(true), fail: () => outcome.resolve(false), released };
-}
 
 /** The routes, each answering in another way Express can. */
 function routes(app: Express): void {
@@ -67,25 +50,6 @@ function routes(app: Express): void {
 }
 
 const shapes = ['/json', '/send', '/redirect', '/write-end-length', '/write-end-chunked', '/file', '/download', '/static/file.txt', '/pipe', '/not-modified', '/no-content', '/flushed-headers'];
-
-/** A raw client: what it has received so far, and when the server closed. */
-function rawClient(port: number, request: string): { received: () => string; ended: Promise<string> } {
-  const socket = net.connect(port, '127.0.0.1');
-  let data = '';
-  socket.setEncoding('latin1');
-  socket.on('data', (chunk: string) => (data += chunk));
-  socket.on('error', () => {});
-  socket.write(request);
-  return { received: () => data, ended: once(socket, 'close').then(() => data) };
-}
-
-/**
- * Resolves after a request on another connection has gone there and back: a byte the server had
- * written to the first connection before has reached its client by then.
- */
-async function roundTrip(port: number): Promise<void> {
-  await (await fetch(`http://127.0.0.1:${port}/json`, { headers: { connection: 'close' } })).text();
-}
 
 /** The app with the library mounted, staging through `staging`, and a task added by every route. */
 function stagingApp(createApp: () => Express, staging: TaskStaging, options: BackgroundTasksOptions = {}): Express {
