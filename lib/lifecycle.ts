@@ -44,7 +44,7 @@ export interface Hold {
  * @internal
  */
 export function holdResponse(req: Request, res: Response): Hold {
-  const inner = { write: res.write, end: res.end, flushHeaders: res.flushHeaders };
+  const inner = { write: res.write, end: res.end, flushHeaders: res.flushHeaders, flush: (res as Flushable).flush };
   const held: [keyof typeof inner, unknown[]][] = [];
   let holding = false;
   let started = false; // a byte, or the headers, went through before it was held
@@ -93,6 +93,14 @@ export function holdResponse(req: Request, res: Response): Hold {
   res.write = write as Response['write'];
   res.end = end as Response['end'];
   res.flushHeaders = flushHeaders;
+  const innerFlush = inner.flush;
+  if (innerFlush !== undefined) {
+    // compression's, mounted before: it would send what its stream has, and the headers with it
+    (res as Flushable).flush = function (this: Response): void {
+      if (!holding || (held.length === 0 && !res.headersSent)) return innerFlush.call(this); // nothing to send yet
+      keep('flush', [], false);
+    };
+  }
 
   return {
     begin(onStart: () => void): boolean {
@@ -179,6 +187,12 @@ export function watchEnd(res: Response, listener: EndListener): void {
   } as Response['end'];
   res.end = watchedEnd;
 }
+
+/**
+ * A response with compression's `flush()`, which sends what its compressing stream holds so far.
+ * @private
+ */
+type Flushable = Response & { flush?: (this: Response) => void };
 
 /**
  * Throws, as Node's own `write()` and `end()` do, for a chunk or an encoding they refuse; held, it
