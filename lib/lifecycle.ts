@@ -207,8 +207,8 @@ function fixHeaders(req: Request, res: Response, args: unknown[], fromEnd: boole
   const [chunk, encoding] = args;
   const framed = res.hasHeader('content-length') || res.hasHeader('transfer-encoding') || res.hasHeader('trailer');
   const hasBody = req.method !== 'HEAD' && res.statusCode !== 204 && res.statusCode !== 304 && res.statusCode >= 200;
-  const http11 = req.httpVersionMajor === 1 && req.httpVersionMinor >= 1;
-  if (fromEnd && !framed && hasBody && http11) res.setHeader('Content-Length', typeof chunk === 'function' ? 0 : byteLength(chunk, encoding));
+  // Node frames by length whenever it could chunk: HTTP/1.1, or HTTP/1.0 with `TE: chunked`.
+  if (fromEnd && !framed && hasBody && res.useChunkedEncodingByDefault === true) res.setHeader('Content-Length', typeof chunk === 'function' ? 0 : byteLength(chunk, encoding));
   res.writeHead(res.statusCode);
 }
 
