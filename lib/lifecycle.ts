@@ -38,12 +38,13 @@ export interface Hold {
  * (`headersSent` is then true), but none of its bytes reach the connection, and `end()` is not
  * called yet, so Node does not count the response as finished and `server.close()` does not close
  * its connection as idle. A `destroy()` of its connection without an error (Express's final
- * handler, after an error thrown once the response was ended) waits until what was held has been
- * written, as it would have been written before.
+ * handler, after an error thrown once the response was ended), or an `end()` (Node's, when the
+ * client half-closes after its request), waits until what was held has been written, as it would
+ * have been written before.
  * @internal
  */
 export function holdResponse(req: Request, res: Response): Hold {
-  const inner = { write: res.write, end: res.end, flushHeaders: res.flushHeaders };
+  const inner = { write: res.write, end: res.end, flushHeaders: res.flushHeaders, flush: (res as Flushable).flush };
   const held: [keyof typeof inner, unknown[]][] = [];
   let holding = false;
   let started = false; // a byte, or the headers, went through before it was held
@@ -58,7 +59,7 @@ export function holdResponse(req: Request, res: Response): Hold {
     held.push([method, args]);
     if (!first) return;
     // Only once something is held: before, a destroy() (an aborted long poll) loses nothing.
-    if (connection !== null) deferDestroy(connection);
+    if (connection !== null) deferClosing(connection);
     starting();
   };
   const write = function (this: Response, ...args: unknown[]): boolean {
@@ -92,6 +93,14 @@ export function holdResponse(req: Request, res: Response): Hold {
   res.write = write as Response['write'];
   res.end = end as Response['end'];
   res.flushHeaders = flushHeaders;
+  const innerFlush = inner.flush;
+  if (innerFlush !== undefined) {
+    // compression's, mounted before: it would send what its stream has, and the headers with it
+    (res as Flushable).flush = function (this: Response): void {
+      if (!holding || (held.length === 0 && !res.headersSent)) return innerFlush.call(this); // nothing to send yet
+      keep('flush', [], false);
+    };
+  }
 
   return {
     begin(onStart: () => void): boolean {
@@ -118,7 +127,7 @@ export function holdResponse(req: Request, res: Response): Hold {
         }
         if (refusedWrite && res.writableNeedDrain === false) res.emit('drain');
       }
-      if (deferring) releaseDestroy(connection);
+      if (deferring) releaseClosing(connection);
     },
   };
 }
@@ -180,6 +189,12 @@ export function watchEnd(res: Response, listener: EndListener): void {
 }
 
 /**
+ * A response with compression's `flush()`, which sends what its compressing stream holds so far.
+ * @private
+ */
+type Flushable = Response & { flush?: (this: Response) => void };
+
+/**
  * Throws, as Node's own `write()` and `end()` do, for a chunk or an encoding they refuse; held, it
  * would throw only later, out of the handler's reach.
  * @private
@@ -222,35 +237,39 @@ function byteLength(chunk: unknown, encoding: unknown): number {
 }
 
 /**
- * Each connection with a held response: its own `destroy`, how many of its responses are held, and
- * whether a `destroy()` waits for them.
+ * Each connection with a held response: its own `destroy` and `end`, how many of its responses are
+ * held, and whether a `destroy()` or an `end()` (with its arguments) waits for them.
  * @private
  */
 interface HeldConnection {
   readonly destroy: Socket['destroy'];
+  readonly end: Socket['end'];
   held: number;
   destroyWaiting: boolean;
+  endWaiting: unknown[] | undefined;
 }
 
 /**
- * The connections that have had a held response. The wrapper of their `destroy` stays once
- * installed: taking it off again would change the socket's shape after each response.
+ * The connections that have had a held response. The wrappers of their `destroy` and `end` stay
+ * once installed: taking them off again would change the socket's shape after each response.
  * @private
  */
 const heldConnections = new WeakMap<Socket, HeldConnection>();
 
 /**
- * Makes a `destroy()` of `connection` without an error wait while one of its responses is held.
+ * Makes a `destroy()` of `connection` without an error, and an `end()`, wait while one of its
+ * responses is held.
  * @private
  */
-function deferDestroy(connection: Socket): void {
+function deferClosing(connection: Socket): void {
   const record = heldConnections.get(connection);
   if (record !== undefined) {
     record.held++;
     return;
   }
-  heldConnections.set(connection, { destroy: connection.destroy, held: 1, destroyWaiting: false });
+  heldConnections.set(connection, { destroy: connection.destroy, end: connection.end, held: 1, destroyWaiting: false, endWaiting: undefined });
   connection.destroy = destroyUnlessHeld;
+  connection.end = endUnlessHeld as Socket['end'];
 }
 
 /**
@@ -265,15 +284,29 @@ function destroyUnlessHeld(this: Socket, error?: Error): Socket {
 }
 
 /**
- * One held response of `connection` has been written: once none is held, a `destroy()` that
- * waited goes through, after what they wrote.
+ * The `end` of a connection that has had a held response.
  * @private
  */
-function releaseDestroy(connection: Socket | null): void {
-  const record = connection === null ? undefined : heldConnections.get(connection);
-  if (record === undefined || --record.held > 0 || !record.destroyWaiting) return;
+function endUnlessHeld(this: Socket, ...args: unknown[]): Socket {
+  const record = heldConnections.get(this) as HeldConnection; // installed along with its record
+  if (record.held === 0) return (record.end as (...args: unknown[]) => Socket).apply(this, args);
+  record.endWaiting ??= args;
+  return this;
+}
+
+/**
+ * One held response of `connection` has been written: once none is held, an `end()` or a
+ * `destroy()` that waited goes through, after what they wrote.
+ * @private
+ */
+function releaseClosing(connection: Socket): void {
+  const record = heldConnections.get(connection) as HeldConnection; // deferred for this response
+  if (--record.held > 0) return;
+  const { endWaiting, destroyWaiting } = record;
+  record.endWaiting = undefined;
   record.destroyWaiting = false;
-  record.destroy.call(connection as Socket);
+  if (endWaiting !== undefined) (record.end as (...args: unknown[]) => Socket).apply(connection, endWaiting);
+  if (destroyWaiting) record.destroy.call(connection);
 }
 
 /**
@@ -287,6 +320,7 @@ function abortConnection(connection: Socket | null): boolean {
   if (record === undefined) return false;
   record.held--;
   record.destroyWaiting = false;
+  record.endWaiting = undefined;
   record.destroy.call(connection as Socket);
   return true;
 }

@@ -68,6 +68,12 @@ function routes(app: Express): void {
     res.write(text.slice(0, 100));
     res.end(text.slice(100, 200));
   });
+  app.get('/events', (_req, res) => {
+    res.type('text/event-stream');
+    res.write('data: 1\n\n');
+    (res as { flush?: () => void }).flush?.(); // compression's, for server-sent events
+    res.end('data: 2\n\n');
+  });
   app.get('/session', (req, res) => {
     const visits = ((req.session as unknown as { visits?: number }).visits ?? 0) + 1;
     (req.session as unknown as { visits: number }).visits = visits;
@@ -96,8 +102,8 @@ interface Setup {
 }
 
 const setups: Setup[] = [
-  { name: 'compression mounted before', paths: ['/json', '/small-json', '/file', '/stream', '/write-end'], mount: (app, tasks) => app.use(compression(), tasks) },
-  { name: 'compression mounted after', paths: ['/json', '/small-json', '/file', '/stream', '/write-end'], mount: (app, tasks) => app.use(tasks, compression()) },
+  { name: 'compression mounted before', paths: ['/json', '/small-json', '/file', '/stream', '/write-end', '/events'], mount: (app, tasks) => app.use(compression(), tasks) },
+  { name: 'compression mounted after', paths: ['/json', '/small-json', '/file', '/stream', '/write-end', '/events'], mount: (app, tasks) => app.use(tasks, compression()) },
   { name: 'express-session mounted after', paths: ['/session'], mount: (app, tasks) => app.use(tasks, sessions()) },
   { name: 'express-session mounted before', paths: ['/session'], mount: (app, tasks) => app.use(sessions(), tasks) },
   { name: 'helmet', paths: ['/json', '/file'], mount: (app, tasks) => app.use(helmet(), tasks) },

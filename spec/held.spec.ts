@@ -292,6 +292,44 @@ for (const [label, createApp] of expressVersions) {
       }
     });
 
+    test('whose client half-closes after its request, as `nc -N` does, gets it in full, as without the library', async () => {
+      const halfClosing = async (port: number, hold?: { staged: Promise<void>; store(): void }): Promise<string> => {
+        const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+        let received = '';
+        socket.setEncoding('latin1');
+        socket.on('data', (data: string) => (received += data));
+        socket.on('error', () => {});
+        socket.end(get('/1'));
+        if (hold !== undefined) {
+          await Promise.race([hold.staged, once(socket, 'close')]);
+          await roundTrip(port, '/ping');
+          assert.equal(received, '', 'nothing before the tasks are stored');
+          hold.store();
+        }
+        if (!(await Promise.race([once(socket, 'close').then(() => true), delayed(5_000, false)]))) socket.destroy();
+        return normalised(received);
+      };
+      const handler: RequestHandler = (_req, res) => void res.json({ ok: true });
+      const plain = await listen(appWith(createApp, handler).app);
+      let expected: string;
+      try {
+        expected = await halfClosing(plain.port);
+      } finally {
+        await plain.close();
+      }
+      const { staging, staged, store, released } = manualStaging();
+      const { app, tasks } = appWith(createApp, handler, staging);
+      const server = await listen(app);
+      try {
+        assert.equal(await halfClosing(server.port, { staged, store }), expected);
+        await tasks.drain();
+        assert.deepEqual(released, ['released']);
+        assert.equal(tasks.pending, 0);
+      } finally {
+        await server.close();
+      }
+    });
+
     test('whose handler added a task but has not answered yet is closed at once when its connection is destroyed, as without the library', async () => {
       const entered = deferred();
       const { staging } = manualStaging();
