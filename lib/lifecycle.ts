@@ -118,15 +118,14 @@ export function holdResponse(req: Request, res: Response): Hold {
         if (!deferring || !abortConnection(connection)) res.destroy();
         return;
       }
-      if (!res.destroyed) {
-        try {
-          for (const [method, args] of held) (inner[method] as (...args: unknown[]) => unknown).apply(res, args);
-        } catch (error) {
-          debug('writing a held response failed: %s', describeError(error));
-          res.destroy(error as Error);
-        }
-        if (refusedWrite && res.writableNeedDrain === false) res.emit('drain');
+      // Even to a destroyed response: Node then calls each write's callback with the error.
+      try {
+        for (const [method, args] of held) (inner[method] as (...args: unknown[]) => unknown).apply(res, args);
+      } catch (error) {
+        debug('writing a held response failed: %s', describeError(error));
+        res.destroy(error as Error);
       }
+      if (refusedWrite && !res.destroyed && res.writableNeedDrain === false) res.emit('drain');
       if (deferring) releaseClosing(connection);
     },
   };

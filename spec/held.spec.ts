@@ -227,6 +227,34 @@ for (const [label, createApp] of expressVersions) {
       }
     });
 
+    test('whose client resets while its tasks are being stored calls back its write() with the error, as Node does for a write to a destroyed response', async () => {
+      const { staging, staged, store } = manualStaging();
+      const entered = deferred<net.Socket>();
+      const calledBack = deferred<unknown>();
+      const { app, tasks } = appWith(createApp, (req, res) => {
+        entered.resolve(req.socket);
+        res.write('a', (error) => calledBack.resolve(error));
+        res.end();
+      }, staging);
+      const server = await listen(app);
+      try {
+        const client = net.connect(server.port, '127.0.0.1');
+        client.on('error', () => {});
+        client.write(get('/1'));
+        await staged;
+        const connection = await entered.promise;
+        client.resetAndDestroy();
+        if (!connection.destroyed) await new Promise((resolve) => connection.once('close', resolve));
+        store();
+        const error = await Promise.race([calledBack.promise, delayed(5_000, 'never called back')]);
+        assert.equal((error as NodeJS.ErrnoException | undefined)?.code, 'ERR_STREAM_DESTROYED');
+        await tasks.drain();
+        assert.equal(tasks.pending, 0);
+      } finally {
+        await server.close();
+      }
+    });
+
     test('whose staging fails with an onError that throws is aborted, and the throw is reported, not raised', async () => {
       const { staging, staged, fail } = manualStaging();
       const faults = watchProcessFaults();
