@@ -34,7 +34,7 @@ async function closeOpened(): Promise<void> {
   await Promise.all(opened.splice(0).map((client) => client.close()));
 }
 
-/** A BullMQ 5 queue with a name of its own, connected, failing fast as docs/scaling-out.md recommends. */
+/** A BullMQ 5 queue with a name of its own, connected, failing fast as docs/bullmq.md recommends. */
 async function queue5(): Promise<Queue5> {
   const queue = new Queue5(`spec-${randomUUID()}`, { connection: { ...connection, maxRetriesPerRequest: 1 }, skipWaitingForReady: true });
   await queue.waitUntilReady();

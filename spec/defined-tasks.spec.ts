@@ -429,7 +429,7 @@ describe('the `transport` option', () => {
   });
 });
 
-// The worked example of docs/scaling-out.md#custom-transports, as it is printed there.
+// The worked example of docs/transports.md#example-an-outbox-table, as it is printed there.
 /** Where the outbox rows live: a table with columns id, tasks (JSON) and run_after. */
 interface Outbox {
   insert(tasks: readonly HandedOffTask[], runAfter: Date): Promise<string>; // resolves to the row's id

@@ -45,7 +45,7 @@ export async function startRedis(): Promise<Redis | string> {
 
 /**
  * A BullMQ queue with a name of its own, so specs never see each other's jobs, connected. It fails
- * fast when Redis is down, as docs/scaling-out.md recommends for the web side.
+ * fast when Redis is down, as docs/bullmq.md recommends for the web side.
  */
 export async function uniqueQueue(redis: Redis): Promise<Queue> {
   const queue = new Queue(`spec-${randomUUID()}`, {
