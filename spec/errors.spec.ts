@@ -1,21 +1,14 @@
 import assert from 'node:assert/strict';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { afterEach, beforeEach, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { ErrorRequestHandler } from 'express';
 import { backgroundTasks, type TaskInfo } from '../lib/index.js';
 import { type HostileOutcome, hostileOutcomes } from './support/hostile.js';
-import { captureStderr, deferred, expressVersions, trackResponses, watchProcessFaults, withServer } from './support/http.js';
+import { captureStderr, deferred, expressVersions, trackResponses, failOnProcessFaults, withServer } from './support/http.js';
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: a failing task`, () => {
-    let watch: ReturnType<typeof watchProcessFaults>;
-    beforeEach(() => {
-      watch = watchProcessFaults();
-    });
-    afterEach(() => {
-      watch.stop();
-      assert.deepEqual(watch.faults, [], 'no unhandled rejection or uncaught exception');
-    });
+    failOnProcessFaults();
 
     it('reports a sync throw and an async rejection to onError, and runs the tasks behind them', async () => {
       const reported: { error: unknown; name: string; url: string }[] = [];

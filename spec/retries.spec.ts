@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import diagnostics from 'node:diagnostics_channel';
-import { afterEach, beforeEach, describe, it, mock } from 'node:test';
+import { afterEach, describe, it, mock } from 'node:test';
 import { format } from 'node:util';
 import createDebug from 'debug';
 import express from 'express';
@@ -16,7 +16,7 @@ import {
   TimeoutError,
   withSignal,
 } from '../lib/index.js';
-import { deferred, expressVersions, watchProcessFaults, withServer } from './support/http.js';
+import { deferred, expressVersions, failOnProcessFaults, withServer } from './support/http.js';
 
 /** A task that fails `failures` times, then succeeds; `runs` counts its calls. */
 function flaky(failures: number): { task: () => Promise<void>; runs: number } {
@@ -37,14 +37,7 @@ function timersNow(): number {
 
 for (const [label, createApp] of expressVersions) {
   describe(`${label}: retries`, () => {
-    let watch: ReturnType<typeof watchProcessFaults>;
-    beforeEach(() => {
-      watch = watchProcessFaults();
-    });
-    afterEach(() => {
-      watch.stop();
-      assert.deepEqual(watch.faults, [], 'no unhandled rejection or uncaught exception');
-    });
+    failOnProcessFaults();
 
     it('runs a task that fails twice three times with attempts: 3, and never calls onError', async () => {
       const reported: unknown[] = [];

@@ -1,3 +1,5 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach } from 'node:test';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
@@ -149,6 +151,21 @@ export async function abortedRequest(port: number, path: string, handlerEntered:
 }
 
 /** Records every unhandled rejection and uncaught exception while a spec runs. */
+/**
+ * In a describe(): each test of it fails when an unhandled rejection or an uncaught exception
+ * happened while it ran.
+ */
+export function failOnProcessFaults(): void {
+  let watch: ReturnType<typeof watchProcessFaults>;
+  beforeEach(() => {
+    watch = watchProcessFaults();
+  });
+  afterEach(() => {
+    watch.stop();
+    assert.deepEqual(watch.faults, [], 'no unhandled rejection or uncaught exception');
+  });
+}
+
 export function watchProcessFaults(): { faults: unknown[]; stop(): void } {
   const faults: unknown[] = [];
   const record = (fault: unknown): void => {
