@@ -1,4 +1,3 @@
-import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
 import { Server, type Socket } from 'node:net';
 import { checkOptions, checkTimeout, type TaskRunner } from './options.js';
@@ -132,7 +131,8 @@ function closeRunner(runner: TaskRunner): Promise<void> {
  * @private
  */
 async function closeServer(server: Server): Promise<void> {
-  const closed = once(server, 'close');
+  // Not events.once(): it rejects at the server's first 'error' (a failed accept), not a reason to fail.
+  const closed = new Promise((resolve) => server.once('close', resolve));
   if (server.listening) server.close(); // closes the connections idle now
   else if ((await connectionsOf(server)) === 0) return; // closed already, and every connection gone
   // Every other keep-alive connection then closes once idle for `keepAliveTimeout`: at once, so.
