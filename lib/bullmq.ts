@@ -55,9 +55,9 @@ export interface BullmqTransportOptions {
    */
   readonly timeout?: number | undefined;
   /**
-   * Whether a response's defined tasks are staged before its end: stored as a delayed job, the
-   * response let through, then the job promoted once the response has been flushed. `false` hands
-   * them off after the flush instead, in one job that runs at once: no wait before the end, but a
+   * Whether a response's defined tasks are staged before its first byte: stored as a delayed job,
+   * the response let through, then the job promoted once the response has been flushed. `false`
+   * hands them off after the flush instead, in one job that runs at once: no wait, but a
    * process that dies between the flush and Redis's acknowledgement loses them.
    * @default true
    */

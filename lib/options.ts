@@ -79,9 +79,9 @@ export interface BackgroundTasksOptions {
    */
   readonly fallback?: 'none' | 'in-process' | undefined;
   /**
-   * What a response does when its defined tasks could not be staged before its end (the transport
-   * failed or took longer than its `staging.timeout`). `'abort'`: its connection is destroyed, so
-   * the client never receives it in full and knows it failed, as a 2xx would promise the tasks
+   * What a response does when its defined tasks could not be staged before its first byte (the
+   * transport failed or took longer than its `staging.timeout`). `'abort'`: its connection is
+   * destroyed before any byte of it was sent, so every client knows it failed, as a 2xx would promise the tasks
    * were stored. `'respond'`: it is sent as the handler made it. Either way `fallback` applies.
    * Only for a transport with `staging`.
    * @default 'abort'
@@ -147,7 +147,7 @@ export interface TaskTransport {
   send(tasks: readonly HandedOffTask[]): PromiseLike<unknown>;
   /**
    * The two-phase form, for a transport that can store tasks that run only later: a response's
-   * defined tasks are then staged before its end is let through, and released (or discarded) once
+   * defined tasks are then staged before its first byte is let through, and released (or discarded) once
    * it has been flushed. Without it, they are sent once the response has been flushed.
    */
   readonly staging?: TaskStaging | undefined;
