@@ -1,6 +1,5 @@
-import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
-import { Server } from 'node:net';
+import { Server, type Socket } from 'node:net';
 import { checkOptions, checkTimeout, type TaskRunner } from './options.js';
 import type { Scheduler } from './scheduler.js';
 import { debug, settleCall, withDeadline } from './task.js';
@@ -132,7 +131,8 @@ function closeRunner(runner: TaskRunner): Promise<void> {
  * @private
  */
 async function closeServer(server: Server): Promise<void> {
-  const closed = once(server, 'close');
+  // Not events.once(): it rejects at the server's first 'error' (a failed accept), not a reason to fail.
+  const closed = new Promise((resolve) => server.once('close', resolve));
   if (server.listening) server.close(); // closes the connections idle now
   else if ((await connectionsOf(server)) === 0) return; // closed already, and every connection gone
   // Every other keep-alive connection then closes once idle for `keepAliveTimeout`: at once, so.
@@ -140,7 +140,24 @@ async function closeServer(server: Server): Promise<void> {
   // ones included, so no response in flight is cut, as a `Connection: close` header or closing
   // connections Node calls idle would (a response whose `end()` was called counts as idle).
   if ('keepAliveTimeout' in server) (server as HttpServer).keepAliveTimeout = 1;
-  await closed;
+  // Node leaves a timed-out connection to the server's 'timeout' listeners when there are some
+  // (`server.setTimeout(ms, callback)` adds one): close the idle ones ourselves then.
+  if (server.listenerCount('timeout') === 0) return void (await closed);
+  server.on('timeout', destroyIfIdle);
+  try {
+    await closed;
+  } finally {
+    server.off('timeout', destroyIfIdle);
+  }
+}
+
+/**
+ * Destroys `socket` if it has no response in flight (Node detaches a response from its socket
+ * once it has been flushed): a keep-alive connection whose idle timeout has passed.
+ * @private
+ */
+function destroyIfIdle(socket: Socket): void {
+  if (!(socket as Socket & { _httpMessage?: unknown })._httpMessage) socket.destroy();
 }
 
 /**

@@ -423,6 +423,66 @@ for (const [label, createApp] of expressVersions) {
       }
     });
 
+    it("closes a keep-alive connection once idle although the server has a 'timeout' listener (server.setTimeout(ms, callback))", { timeout: 10_000 }, async () => {
+      const tasks = backgroundTasks();
+      const arrived = deferred();
+      const closing = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', async (_req, res) => {
+        arrived.resolve();
+        await closing.promise;
+        res.locals.tasks.add(() => {});
+        res.send('ok');
+      });
+      const server = await listen(app);
+      server.server.setTimeout(60_000, () => {}); // a user callback that leaves the socket alone
+      const client = net.connect(server.port, '127.0.0.1');
+      try {
+        client.resume();
+        const clientClosed = once(client, 'close');
+        client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+        await arrived.promise;
+        const closed = tasks.close({ server: server.server, timeout: 4_000 });
+        closing.resolve();
+        assert.deepEqual(await closed, { drained: true, settled: 1, abandoned: 0, pending: 0 } satisfies CloseSummary);
+        await clientClosed;
+        assert.equal(server.server.listenerCount('timeout'), 1, 'only the user\'s listener is left');
+      } finally {
+        client.destroy();
+        server.server.closeAllConnections();
+      }
+    });
+
+    it("resolves, once its connections are closed, although the server emits an 'error' meanwhile (a failed accept, EMFILE)", async () => {
+      const tasks = backgroundTasks();
+      const arrived = deferred();
+      const closing = deferred();
+      const app = createApp();
+      app.use(tasks);
+      app.get('/', async (_req, res) => {
+        arrived.resolve();
+        await closing.promise;
+        res.locals.tasks.add(() => {});
+        res.send('ok');
+      });
+      const server = await listen(app);
+      const serverErrors: string[] = [];
+      server.server.on('error', (error: NodeJS.ErrnoException) => serverErrors.push(String(error.code)));
+      try {
+        const response = fetch(server.url, { headers: { connection: 'close' } }).then((answer) => answer.text());
+        await arrived.promise;
+        const closed = tasks.close({ server: server.server, timeout: 5_000 });
+        server.server.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE' }));
+        closing.resolve();
+        assert.equal(await response, 'ok');
+        assert.deepEqual(await closed, { drained: true, settled: 1, abandoned: 0, pending: 0 } satisfies CloseSummary);
+        assert.deepEqual(serverErrors, ['EMFILE']);
+      } finally {
+        server.server.closeAllConnections();
+      }
+    });
+
     it("with runOn: 'success', drops at its deadline the tasks of responses their handler never ended, without reporting them", async () => {
       const reported: string[] = [];
       const tasks = backgroundTasks({ runOn: 'success', onError: (error) => reported.push((error as Error).name) });
