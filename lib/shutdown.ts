@@ -135,7 +135,8 @@ async function closeServer(server: Server): Promise<void> {
   const closed = new Promise((resolve) => server.once('close', resolve));
   if (server.listening) server.close(); // closes the connections idle now
   else if ((await connectionsOf(server)) === 0) return; // closed already, and every connection gone
-  // Every other keep-alive connection then closes once idle for `keepAliveTimeout`: at once, so.
+  // Every other keep-alive connection then closes once idle for `keepAliveTimeout`: 1 ms (plus the
+  // 1 s margin Node 20 adds).
   // Node starts that timer only once the connection's last response has been flushed, pipelined
   // ones included, so no response in flight is cut, as a `Connection: close` header or closing
   // connections Node calls idle would (a response whose `end()` was called counts as idle).
@@ -152,12 +153,14 @@ async function closeServer(server: Server): Promise<void> {
 }
 
 /**
- * Destroys `socket` if it has no response in flight (Node detaches a response from its socket
- * once it has been flushed): a keep-alive connection whose idle timeout has passed.
+ * Destroys `socket` when it timed out as an idle keep-alive connection, after its last response
+ * was flushed; a connection with a request in flight times out on `server.timeout` instead.
  * @private
  */
-function destroyIfIdle(socket: Socket): void {
-  if (!(socket as Socket & { _httpMessage?: unknown })._httpMessage) socket.destroy();
+function destroyIfIdle(this: HttpServer, socket: Socket): void {
+  // An idle keep-alive connection times out after `keepAliveTimeout` (Node 20 adds a margin of
+  // 1 s); one with a request in flight only after `server.timeout`, which is left alone.
+  if ((socket.timeout ?? Infinity) <= this.keepAliveTimeout + 1_000) socket.destroy();
 }
 
 /**
