@@ -9,7 +9,7 @@ import { type ConnectionOptions, DelayedError, type Job, type JobsOptions, type 
 import { definedName, type DefinedTask } from './definition.js';
 import { describeError, invalid, isPermanent } from './errors.js';
 import { checkOptions, checkRetry, checkTimeout, type HandedOffTask, type Retry, type TaskStaging, type TaskTransport } from './options.js';
-import { debug, retryDelay } from './task.js';
+import { debug, retryDelay, withDeadline } from './task.js';
 
 /**
  * The most tasks one job holds. A worker records each success in the job's progress, so a longer
@@ -542,9 +542,7 @@ function indexesBefore(progress: unknown, which: keyof TasksJobProgress, count: 
  * @private
  */
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`BullMQ did not ${what} within ${ms} ms`)), ms);
+  return withDeadline(promise, ms, (): never => {
+    throw new Error(`BullMQ did not ${what} within ${ms} ms`);
   });
-  return Promise.race([promise, timedOut]).finally(() => clearTimeout(timer));
 }

@@ -62,37 +62,27 @@ export function holdResponse(req: Request, res: Response): Hold {
     if (connection !== null) deferClosing(connection);
     starting();
   };
-  const write = function (this: Response, ...args: unknown[]): boolean {
-    if (!holding) {
+  /** `res[method]`, passed through until the hold begins, then kept by `hold`. */
+  const wrap = (method: 'write' | 'end' | 'flushHeaders', hold: (args: unknown[]) => unknown) =>
+    function (this: Response, ...args: unknown[]): unknown {
+      if (holding) return hold(args);
       started = true;
-      return (inner.write as (...args: unknown[]) => boolean).apply(this, args);
-    }
+      return (inner[method] as (...args: unknown[]) => unknown).apply(this, args);
+    };
+  res.write = wrap('write', (args) => {
     checkChunk(args[0], args[1], false);
     keep('write', args, false);
     heldBytes += byteLength(args[0], args[1]);
     if (heldBytes < (res.writableHighWaterMark ?? 16_384)) return true;
     refusedWrite = true;
     return false;
-  };
-  const end = function (this: Response, ...args: unknown[]): Response {
-    if (!holding) {
-      started = true;
-      return (inner.end as (...args: unknown[]) => Response).apply(this, args);
-    }
+  }) as Response['write'];
+  res.end = wrap('end', (args) => {
     checkChunk(args[0], args[1], true);
     keep('end', args, true);
-    return this;
-  };
-  const flushHeaders = function (this: Response): void {
-    if (!holding) {
-      started = true;
-      return inner.flushHeaders.call(this);
-    }
-    keep('flushHeaders', [], false);
-  };
-  res.write = write as Response['write'];
-  res.end = end as Response['end'];
-  res.flushHeaders = flushHeaders;
+    return res;
+  }) as Response['end'];
+  res.flushHeaders = wrap('flushHeaders', () => keep('flushHeaders', [], false)) as Response['flushHeaders'];
   const innerFlush = inner.flush;
   if (innerFlush !== undefined) {
     // compression's, mounted before: it would send what its stream has, and the headers with it

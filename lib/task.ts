@@ -182,15 +182,21 @@ export function settleCall(
  * Waits for `promise`, or `ms` milliseconds, whichever comes first; the timer is cleared as soon as
  * `promise` settles first.
  * @param ms - the deadline; `Infinity` for none
- * @param atDeadline - what the result is, when the deadline comes first
+ * @param atDeadline - what the result is, when the deadline comes first; what it throws, the rejection
  * @param unref - whether the timer must not hold the process
  * @internal
  */
 export function withDeadline<T, L>(promise: Promise<T>, ms: number, atDeadline: () => L, unref = false): Promise<T | L> {
   if (ms === Infinity) return promise;
   let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<L>((resolve) => {
-    timer = setTimeout(() => resolve(atDeadline()), ms);
+  const deadline = new Promise<L>((resolve, reject) => {
+    timer = setTimeout(() => {
+      try {
+        resolve(atDeadline());
+      } catch (error) {
+        reject(error);
+      }
+    }, ms);
     if (unref) timer.unref();
   });
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));

@@ -211,13 +211,7 @@ for (const [label, createApp] of expressVersions) {
       }, staging);
       const server = await listen(app);
       try {
-        const client = net.connect(server.port, '127.0.0.1');
-        client.on('error', () => {});
-        client.write(get('/1'));
-        await staged;
-        const connection = await entered.promise;
-        client.resetAndDestroy();
-        if (!connection.destroyed) await new Promise((resolve) => connection.once('close', resolve)); // once() would reject on its reset
+        await resetWhileStaging(server.port, staged, entered.promise);
         store();
         await tasks.drain();
         assert.deepEqual(released, ['released']);
@@ -238,13 +232,7 @@ for (const [label, createApp] of expressVersions) {
       }, staging);
       const server = await listen(app);
       try {
-        const client = net.connect(server.port, '127.0.0.1');
-        client.on('error', () => {});
-        client.write(get('/1'));
-        await staged;
-        const connection = await entered.promise;
-        client.resetAndDestroy();
-        if (!connection.destroyed) await new Promise((resolve) => connection.once('close', resolve));
+        await resetWhileStaging(server.port, staged, entered.promise);
         store();
         const error = await Promise.race([calledBack.promise, delayed(5_000, 'never called back')]);
         assert.equal((error as NodeJS.ErrnoException | undefined)?.code, 'ERR_STREAM_DESTROYED');
@@ -378,6 +366,20 @@ for (const [label, createApp] of expressVersions) {
       }
     });
   });
+}
+
+/**
+ * Sends `GET /1`, then, once its staging has begun, resets the connection and waits until the
+ * server's side of it has closed.
+ */
+async function resetWhileStaging(port: number, staged: Promise<void>, entered: Promise<net.Socket>): Promise<void> {
+  const client = net.connect(port, '127.0.0.1');
+  client.on('error', () => {});
+  client.write(get('/1'));
+  await staged;
+  const connection = await entered;
+  client.resetAndDestroy();
+  if (!connection.destroyed) await new Promise((resolve) => connection.once('close', resolve)); // once() would reject on its reset
 }
 
 /** Resolves with `value` after `ms`: a bound on a wait that would otherwise never end. */

@@ -7,7 +7,8 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { backgroundTasks, type CloseSummary, defineTask, ShutdownError, type TaskInfo, type TaskQueue, type TaskRunner, withSignal } from '../lib/index.js';
+import type { Express } from 'express';
+import { backgroundTasks, type BackgroundTasksMiddleware, type CloseSummary, defineTask, ShutdownError, type TaskInfo, type TaskQueue, type TaskRunner, withSignal } from '../lib/index.js';
 import { deferred, expressVersions, get, handlerGate, listen, watchProcessFaults, withServer } from './support/http.js';
 import { startRedis } from './support/redis.js';
 
@@ -424,17 +425,7 @@ for (const [label, createApp] of expressVersions) {
     });
 
     it("closes a keep-alive connection once idle although the server has a 'timeout' listener (server.setTimeout(ms, callback))", { timeout: 10_000 }, async () => {
-      const tasks = backgroundTasks();
-      const arrived = deferred();
-      const closing = deferred();
-      const app = createApp();
-      app.use(tasks);
-      app.get('/', async (_req, res) => {
-        arrived.resolve();
-        await closing.promise;
-        res.locals.tasks.add(() => {});
-        res.send('ok');
-      });
+      const { tasks, app, arrived, closing } = answeringOnceClosing(createApp);
       const server = await listen(app);
       server.server.setTimeout(60_000, () => {}); // a user callback that leaves the socket alone
       const client = net.connect(server.port, '127.0.0.1');
@@ -442,7 +433,7 @@ for (const [label, createApp] of expressVersions) {
         client.resume();
         const clientClosed = once(client, 'close');
         client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-        await arrived.promise;
+        await arrived;
         const closed = tasks.close({ server: server.server, timeout: 4_000 });
         closing.resolve();
         assert.deepEqual(await closed, { drained: true, settled: 1, abandoned: 0, pending: 0 } satisfies CloseSummary);
@@ -455,23 +446,13 @@ for (const [label, createApp] of expressVersions) {
     });
 
     it("resolves, once its connections are closed, although the server emits an 'error' meanwhile (a failed accept, EMFILE)", async () => {
-      const tasks = backgroundTasks();
-      const arrived = deferred();
-      const closing = deferred();
-      const app = createApp();
-      app.use(tasks);
-      app.get('/', async (_req, res) => {
-        arrived.resolve();
-        await closing.promise;
-        res.locals.tasks.add(() => {});
-        res.send('ok');
-      });
+      const { tasks, app, arrived, closing } = answeringOnceClosing(createApp);
       const server = await listen(app);
       const serverErrors: string[] = [];
       server.server.on('error', (error: NodeJS.ErrnoException) => serverErrors.push(String(error.code)));
       try {
         const response = fetch(server.url, { headers: { connection: 'close' } }).then((answer) => answer.text());
-        await arrived.promise;
+        await arrived;
         const closed = tasks.close({ server: server.server, timeout: 5_000 });
         server.server.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE' }));
         closing.resolve();
@@ -510,6 +491,25 @@ for (const [label, createApp] of expressVersions) {
       }
     });
   });
+}
+
+/**
+ * An app whose `GET /`, once it has arrived, waits for `closing` to resolve, then adds a task and
+ * answers `ok`: a request in flight when `close()` is called.
+ */
+function answeringOnceClosing(createApp: () => Express): { tasks: BackgroundTasksMiddleware; app: Express; arrived: Promise<void>; closing: { resolve(): void } } {
+  const tasks = backgroundTasks();
+  const arrived = deferred();
+  const closing = deferred();
+  const app = createApp();
+  app.use(tasks);
+  app.get('/', async (_req, res) => {
+    arrived.resolve();
+    await closing.promise;
+    res.locals.tasks.add(() => {});
+    res.send('ok');
+  });
+  return { tasks, app, arrived: arrived.promise, closing };
 }
 
 const redisOrReason = await startRedis();
