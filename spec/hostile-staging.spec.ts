@@ -195,18 +195,19 @@ describe('a held response with a hostile staging', () => {
 
   test("a handler calling res.end() in a 'close' listener of its held response, the client reset: nothing raised, released once", async () => {
     const store = deferred<unknown>();
-    const { seen, tasks, server } = await serve(staging(() => store.promise), (res) => {
-      res.on('close', () => res.end('after close'));
+    const stageCalled = deferred();
+    const endedInClose = deferred();
+    const { seen, tasks, server } = await serve(staging(() => (stageCalled.resolve(), store.promise)), (res) => {
+      res.on('close', () => (res.end('after close'), endedInClose.resolve()));
       res.write('a');
     });
     try {
       const socket = net.connect(server.port, '127.0.0.1');
       socket.on('error', () => {});
       socket.write(request('/1'));
-      for (let turn = 0; turn < 200 && seen.staged === 0; turn++) await new Promise((resolve) => setTimeout(resolve, 5));
+      await stageCalled.promise;
       socket.resetAndDestroy();
-      await once(socket, 'close');
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await endedInClose.promise;
       store.resolve('r');
       await tasks.drain();
       assert.equal(tasks.pending, 0);
