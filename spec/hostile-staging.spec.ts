@@ -231,6 +231,43 @@ describe('a held response with a hostile staging', () => {
     }
   });
 
+  test("a handler calling res.end() in a 'close' listener of its held response, whose staging fails (abort): no byte sent, reported once", async () => {
+    const endedInClose = deferred();
+    const { seen, tasks, server } = await serve(staging(() => Promise.reject(new Error('down'))), (res) => {
+      res.on('close', () => (res.end('after close'), endedInClose.resolve()));
+      res.write('a');
+    });
+    try {
+      const received = await rawClient(server.port, request('/1')).ended;
+      await endedInClose.promise;
+      assert.equal(received, '');
+      await tasks.drain();
+      assert.equal(tasks.pending, 0);
+      assert.deepEqual(seen.reported, ['HandOffError']);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("pipelined, a handler calling res.end() in a 'close' listener of its held response queued behind another, whose staging fails (abort)", async () => {
+    const endedInClose = deferred();
+    const { seen, tasks, server } = await serve(staging(() => Promise.reject(new Error('down'))), (res) => {
+      if (res.req.params.id === 'plain') return void setTimeout(() => res.json({ first: true }), 20);
+      res.on('close', () => (res.end('after close'), endedInClose.resolve()));
+      res.write('a');
+    });
+    try {
+      const received = await rawClient(server.port, request('/plain', false) + request('/2')).ended;
+      await endedInClose.promise;
+      assert.match(received, /^HTTP\/1\.1 200[^]*\{"first":true\}$/);
+      await tasks.drain();
+      assert.equal(tasks.pending, 0);
+      assert.deepEqual(seen.reported, ['HandOffError']);
+    } finally {
+      await server.close();
+    }
+  });
+
   test("a handler calling res.end() in a 'close' listener of its held response, the client reset: nothing raised, released once", async () => {
     const store = deferred<unknown>();
     const stageCalled = deferred();
