@@ -105,7 +105,10 @@ export function holdResponse(req: Request, res: Response): Hold {
       started = true;
       const deferring = connection !== null && held.length > 0;
       if (!send) {
-        if (!deferring || !abortConnection(connection)) res.destroy();
+        // Behind responses still being sent on its connection: Node's destroy() closes it once they are.
+        if (deferring && res.socket === null) releaseClosing(connection);
+        else if (deferring && abortConnection(connection)) return;
+        res.destroy();
         return;
       }
       // Even to a destroyed response: Node then calls each write's callback with the error.
