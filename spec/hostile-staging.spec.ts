@@ -179,6 +179,44 @@ describe('a held response with a hostile staging', () => {
     }
   });
 
+  test('pipelined: the first stored late, the second failing first (abort): the first reaches its client in full, each task once', async () => {
+    const storeFirst = deferred<unknown>();
+    const { seen, tasks, server } = await serve(staging((s) => {
+      if (s.staged === 1) return storeFirst.promise;
+      setImmediate(() => storeFirst.resolve('first'));
+      return Promise.reject(new Error('down'));
+    }), (res) => void res.json({ url: res.req.url }));
+    try {
+      const received = await rawClient(server.port, request('/1', false) + request('/2') ).ended;
+      assert.match(received, /^HTTP\/1\.1 200[^]*\{"url":"\/1"\}$/);
+      await tasks.drain();
+      assert.equal(tasks.pending, 0);
+      assert.deepEqual(seen.released, ['first']);
+      assert.deepEqual(seen.reported, ['HandOffError']);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test('pipelined three: the second failing (abort), the third stored: the first in full, nothing of the others, each task once', async () => {
+    const first = deferred<express.Response>();
+    const { seen, tasks, server } = await serve(staging(async (s) => {
+      if (s.staged === 1) return Promise.reject(new Error('down'));
+      (await first.promise).json({ first: true });
+      return 'third';
+    }), (res) => (res.req.params.id === 'plain' ? first.resolve(res) : void res.json({ url: res.req.url })));
+    try {
+      const received = await rawClient(server.port, request('/plain', false) + request('/2', false) + request('/3')).ended;
+      assert.match(received, /^HTTP\/1\.1 200[^]*\{"first":true\}$/);
+      await tasks.drain();
+      assert.equal(tasks.pending, 0);
+      assert.deepEqual(seen.released, ['third']);
+      assert.deepEqual(seen.reported, ['HandOffError']);
+    } finally {
+      await server.close();
+    }
+  });
+
   test('pipelined: the first staging fails (abort), the second succeeds: no 2xx for the first, each task once, nothing pending', async () => {
     const { seen, tasks, server } = await serve(staging((s) => (s.staged === 1 ? Promise.reject(new Error('down')) : Promise.resolve('second'))));
     try {
@@ -187,6 +225,43 @@ describe('a held response with a hostile staging', () => {
       await tasks.drain();
       assert.equal(tasks.pending, 0);
       assert.equal(seen.reported.length + seen.released.length + seen.discarded.length, 2, JSON.stringify(seen));
+      assert.deepEqual(seen.reported, ['HandOffError']);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("a handler calling res.end() in a 'close' listener of its held response, whose staging fails (abort): no byte sent, reported once", async () => {
+    const endedInClose = deferred();
+    const { seen, tasks, server } = await serve(staging(() => Promise.reject(new Error('down'))), (res) => {
+      res.on('close', () => (res.end('after close'), endedInClose.resolve()));
+      res.write('a');
+    });
+    try {
+      const received = await rawClient(server.port, request('/1')).ended;
+      await endedInClose.promise;
+      assert.equal(received, '');
+      await tasks.drain();
+      assert.equal(tasks.pending, 0);
+      assert.deepEqual(seen.reported, ['HandOffError']);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("pipelined, a handler calling res.end() in a 'close' listener of its held response queued behind another, whose staging fails (abort)", async () => {
+    const endedInClose = deferred();
+    const { seen, tasks, server } = await serve(staging(() => Promise.reject(new Error('down'))), (res) => {
+      if (res.req.params.id === 'plain') return void setTimeout(() => res.json({ first: true }), 20);
+      res.on('close', () => (res.end('after close'), endedInClose.resolve()));
+      res.write('a');
+    });
+    try {
+      const received = await rawClient(server.port, request('/plain', false) + request('/2')).ended;
+      await endedInClose.promise;
+      assert.match(received, /^HTTP\/1\.1 200[^]*\{"first":true\}$/);
+      await tasks.drain();
+      assert.equal(tasks.pending, 0);
       assert.deepEqual(seen.reported, ['HandOffError']);
     } finally {
       await server.close();
